@@ -1,0 +1,53 @@
+//! Every limit in Concord, in one place, with the relations between them asserted at compile
+//! time (TigerBeetle's "put a limit on everything"). Servers may be configured lower, never
+//! higher.
+
+/// The longest transaction id, in bytes.
+pub const MAX_TXN_ID_BYTES: usize = 128;
+/// The longest participant name, in bytes.
+pub const MAX_PARTICIPANT_NAME_BYTES: usize = 64;
+/// The longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// The longest value, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Operations in one branch.
+pub const MAX_OPERATIONS_PER_BRANCH: usize = 64;
+/// Keys plus values of one branch, in bytes.
+pub const MAX_BRANCH_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Keys plus values of all branches of one transaction, in bytes.
+pub const MAX_TXN_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+/// Branches (participants) in one transaction.
+pub const MAX_BRANCHES_PER_TXN: usize = 16;
+/// The longest a transaction may take to reach a decision, and so the furthest a Prepare
+/// deadline may lie in the future.
+pub const MAX_TXN_TIMEOUT_MS: u64 = 60_000;
+/// The decision timeout used when a client gives none.
+pub const DEFAULT_TXN_TIMEOUT_MS: u64 = 5_000;
+/// Branches a participant holds prepared at once; a Prepare beyond votes NO (overloaded).
+pub const MAX_PREPARED_BRANCHES: usize = 16_384;
+/// Decided transactions a participant remembers (for idempotency and barriers) at once.
+pub const MAX_REMEMBERED_DECISIONS: usize = 1_048_576;
+/// The largest write-ahead-log record.
+pub const MAX_WAL_RECORD_BYTES: usize = 4 * 1024 * 1024;
+/// The largest gRPC message Concord servers accept or send.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Entries in one page of a listing or scan.
+pub const MAX_PAGE_SIZE: usize = 1_000;
+/// Entries in a page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// Room for a record's framing around a branch's payload: ids, versions, per-key overhead.
+const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
+
+const _: () = {
+    assert!(MAX_VALUE_BYTES <= MAX_BRANCH_PAYLOAD_BYTES);
+    assert!(MAX_KEY_BYTES <= MAX_BRANCH_PAYLOAD_BYTES);
+    // A PREPARED record holds a branch's resolved writes: it must fit in one WAL record.
+    assert!(MAX_BRANCH_PAYLOAD_BYTES + RECORD_OVERHEAD_BYTES <= MAX_WAL_RECORD_BYTES);
+    // A Submit carries every branch; a Prepare carries one.
+    assert!(MAX_BRANCH_PAYLOAD_BYTES <= MAX_TXN_PAYLOAD_BYTES);
+    assert!(MAX_TXN_PAYLOAD_BYTES * 2 <= MAX_GRPC_MESSAGE_BYTES);
+    assert!(DEFAULT_TXN_TIMEOUT_MS <= MAX_TXN_TIMEOUT_MS);
+    assert!(DEFAULT_PAGE_SIZE <= MAX_PAGE_SIZE);
+    assert!(MAX_PREPARED_BRANCHES <= MAX_REMEMBERED_DECISIONS);
+};
