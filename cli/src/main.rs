@@ -1,1 +1,108 @@
-fn main() {}
+//! `concord`: one binary for every Concord process and tool (one binary keeps release builds
+//! short: each binary linking the tonic stack costs release codegen time).
+//!
+//! `main` only parses flags, installs tracing and dispatches; servers bind their listener here
+//! and hand it to the libraries' `serve` functions, which never bind sockets themselves.
+
+mod demo;
+mod servers;
+mod txn;
+
+use clap::{Parser, Subcommand};
+
+/// Concord: a distributed-transaction coordinator (two-phase commit with saga fallback).
+#[derive(Parser)]
+#[command(name = "concord", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a coordinator server.
+    Coordinator(servers::CoordinatorArgs),
+    /// Run a participant sidecar guarding a local sled store.
+    Participant(servers::ParticipantArgs),
+    /// Start a local coordinator and three participants and run a bank-transfer workload.
+    Demo(demo::DemoArgs),
+    /// Submit a transaction to a coordinator.
+    Submit(txn::SubmitArgs),
+    /// Show one transaction.
+    Get(txn::GetArgs),
+    /// List transactions.
+    List(txn::ListArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("concord: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Coordinator(args) => {
+                init_tracing("info");
+                servers::run_coordinator(args).await
+            }
+            Command::Participant(args) => {
+                init_tracing("info");
+                servers::run_participant(args).await
+            }
+            Command::Demo(args) => {
+                init_tracing("warn");
+                demo::run(args).await
+            }
+            Command::Submit(args) => {
+                init_tracing("warn");
+                txn::submit(args).await
+            }
+            Command::Get(args) => {
+                init_tracing("warn");
+                txn::get(args).await
+            }
+            Command::List(args) => {
+                init_tracing("warn");
+                txn::list(args).await
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("concord: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default`.
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

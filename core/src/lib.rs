@@ -9,7 +9,10 @@
 //! - [`types`]: transaction ids, epochs, operations, votes and outcomes, and their validation.
 //! - [`participant`]: the participant's branch table, lock table and barriers.
 //! - [`record`]: the records participants write to their write-ahead log.
+//! - [`coordinator`]: one transaction's two-phase commit at the coordinator, and the records
+//!   of its decision log.
 
+pub mod coordinator;
 pub mod limits;
 pub mod participant;
 pub mod record;

@@ -175,6 +175,8 @@ pub struct InDoubt {
     pub locked: Vec<Key>,
     /// Its PREPARED record.
     pub prepared_lsn: u64,
+    /// Its Prepare deadline: by then the coordinator has decided, or will presume abort.
+    pub deadline_unix_ms: u64,
 }
 
 /// The participant's protocol state. See the module documentation.
@@ -474,6 +476,7 @@ impl ParticipantEngine {
                 epoch: b.epoch,
                 locked: b.locked.clone(),
                 prepared_lsn: b.prepared_lsn,
+                deadline_unix_ms: b.deadline_unix_ms,
             })
             .collect()
     }

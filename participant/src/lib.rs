@@ -1,1 +1,123 @@
-//! placeholder
+//! The Concord participant: a sidecar that guards a local store with two-phase commit.
+//!
+//! - [`store`]: the storage trait, with sled and in-memory implementations.
+//! - [`node`]: the driver that runs the protocol engine over a write-ahead log and a store,
+//!   recovers from the log, applies commits and takes checkpoints.
+//! - [`service`]: the `concord.v1.Participant` gRPC service.
+//! - [`resolver`]: the termination protocol for in-doubt branches.
+//! - [`serve`]: runs all of it on a listener the caller bound, until shutdown.
+//!
+//! DESIGN.md "Protocol rules" and "Storage" are the specification; docs/participant.md says how
+//! to run and operate it.
+
+pub mod node;
+pub mod resolver;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_core::limits;
+use concord_proto::v1::participant_server::ParticipantServer;
+use concord_wal::Wal;
+use tokio::net::TcpStream;
+use tokio_stream::Stream;
+
+pub use node::{Node, NodeConfig, NodeError};
+pub use resolver::ResolverConfig;
+pub use service::ParticipantService;
+pub use store::{MemoryStore, SledStore, Store};
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Storage failed; the process must restart and recover.
+    #[error("storage failed: {0}")]
+    Fatal(String),
+}
+
+/// How often the checkpoint policy is evaluated.
+const CHECKPOINT_TICK: Duration = Duration::from_millis(500);
+
+/// Serves the participant API (with gRPC health and reflection) on `incoming` until `shutdown`
+/// resolves or storage fails, running the in-doubt resolver and checkpoints alongside. Never
+/// binds a socket: the caller passes the listener's connections (see `concord_proto::net`).
+pub async fn serve<W: Wal, S: Store>(
+    incoming: impl Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    node: Arc<Node<W, S>>,
+    resolver: ResolverConfig,
+) -> Result<(), ServeError> {
+    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("concord.v1.Participant", tonic_health::ServingStatus::Serving)
+        .await;
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let participant = ParticipantServer::new(ParticipantService::new(Arc::clone(&node)))
+        .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
+
+    let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
+    let resolver_task =
+        tokio::spawn(resolver::run_resolver(Arc::clone(&node), resolver, stopped.clone()));
+    let checkpoint_task = tokio::spawn(run_checkpoints(Arc::clone(&node), stopped));
+
+    let mut fatal = node.fatal();
+    let fatal_reason = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fatal_seen = Arc::clone(&fatal_reason);
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            reason = fatal.wait_for(Option::is_some) => {
+                let reason = reason.ok().and_then(|r| r.clone());
+                if let Ok(mut seen) = fatal_seen.lock() {
+                    *seen = reason;
+                }
+            }
+        }
+        health_reporter
+            .set_service_status("concord.v1.Participant", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    let served = concord_proto::net::server()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(participant)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    let _ = stop_tasks.send(true);
+    let _ = resolver_task.await;
+    let _ = checkpoint_task.await;
+    served?;
+    match fatal_reason.lock().ok().and_then(|reason| reason.clone()) {
+        Some(reason) => Err(ServeError::Fatal(reason)),
+        None => Ok(()),
+    }
+}
+
+async fn run_checkpoints<W: Wal, S: Store>(
+    node: Arc<Node<W, S>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(CHECKPOINT_TICK);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        if let Err(error) = node.maybe_checkpoint().await {
+            tracing::error!(%error, "checkpoint failed");
+            return;
+        }
+    }
+}

@@ -1,8 +1,10 @@
 //! Concord's wire protocol: the generated `concord.v1` messages, the `Coordinator` and
-//! `Participant` service stubs, and the encoded file descriptor set for gRPC reflection.
-//!
-//! These types stay at the edges: the protocol core (`concord-core`) never sees them, and each
-//! service converts them to domain types in one place.
+//! `Participant` service stubs, the encoded file descriptor set for gRPC reflection, the one
+//! place where wire types convert to and from the core's domain types ([`convert`]), and the
+//! transport settings every Concord server and channel shares ([`net`]).
+
+pub mod convert;
+pub mod net;
 
 /// Generated code for `package concord.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used)]

@@ -269,7 +269,7 @@ impl Wal for FileWal {
         // Start at the last segment whose first LSN is at or below `from`.
         let start = segments.iter().rposition(|s| s.first_lsn <= from).unwrap_or(0);
         Ok(Box::new(SegmentReader {
-            segments: segments[start..].to_vec().into_iter(),
+            segments: segments.into_iter().skip(start).collect::<Vec<_>>().into_iter(),
             current: None,
             from,
             until,
@@ -595,7 +595,9 @@ fn recover_segments(segments: &[Segment]) -> Result<Lsn, WalError> {
 }
 
 /// Looks for a valid record starting anywhere after `bad` whose LSN could belong to this log
-/// (at or after `expected`, and no further than the bytes left could hold).
+/// (at or after `expected`, and no further than the bytes left could hold). An append-only log
+/// can only have written records at or after `expected` past the torn point, so a valid frame
+/// with an older LSN there cannot be a surviving write, and is not counted.
 fn valid_record_after(bytes: &[u8], bad: usize, expected: Lsn) -> Option<usize> {
     ((bad + 1)..bytes.len()).find(|&start| {
         let rest = &bytes[start..];

@@ -1,0 +1,200 @@
+//! `concord participant` and `concord coordinator`: flags (each also an environment variable),
+//! storage opened and recovered, the listener bound, then the library's `serve`.
+//!
+//! Once listening, each server prints one line `listening on ADDR` to stdout, so tools that
+//! start it with `--listen 127.0.0.1:0` learn the port it got.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use concord_core::participant::EngineLimits;
+use concord_participant::{Node, NodeConfig, ResolverConfig, SledStore};
+use concord_wal::{FileWal, FileWalOptions};
+
+/// Flags of `concord participant`.
+#[derive(Args, Debug)]
+pub struct ParticipantArgs {
+    /// Address to serve the participant API on (127.0.0.1:0 picks a free port).
+    #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7101")]
+    listen: String,
+    /// Directory for the write-ahead log (`wal/`) and the sled store (`store/`).
+    #[arg(long, env = "CONCORD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// This participant's name, as the coordinator knows it.
+    #[arg(long, env = "CONCORD_NAME")]
+    name: String,
+    /// The coordinator's address, asked for the outcome of in-doubt branches.
+    #[arg(long, env = "CONCORD_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Branches that may be prepared at once.
+    #[arg(long, env = "CONCORD_MAX_PREPARED", default_value_t = concord_core::limits::MAX_PREPARED_BRANCHES)]
+    max_prepared: usize,
+    /// Take a checkpoint after this many log records.
+    #[arg(long, env = "CONCORD_CHECKPOINT_EVERY", default_value_t = 100_000)]
+    checkpoint_every: u64,
+    /// Size at which a log segment is closed and a new one started.
+    #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    segment_bytes: u64,
+}
+
+/// Runs a participant until Ctrl-C/SIGTERM or a storage failure.
+pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> {
+    if args.max_prepared == 0 || args.max_prepared > concord_core::limits::MAX_PREPARED_BRANCHES {
+        anyhow::bail!(
+            "--max-prepared must be 1 to {}",
+            concord_core::limits::MAX_PREPARED_BRANCHES
+        );
+    }
+    let wal = FileWal::open(
+        &args.data_dir.join("wal"),
+        FileWalOptions {
+            segment_bytes: args.segment_bytes,
+            max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+        },
+    )
+    .with_context(|| format!("opening the write-ahead log in {}", args.data_dir.display()))?;
+    let store = SledStore::open(&args.data_dir.join("store"))?;
+    let node = Node::recover(
+        NodeConfig {
+            name: args.name.clone(),
+            limits: EngineLimits { max_prepared: args.max_prepared, ..EngineLimits::default() },
+            checkpoint_every_records: args.checkpoint_every.max(1),
+            max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+        },
+        wal,
+        store,
+    )
+    .context("recovering from the write-ahead log")?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    announce(&listener)?;
+    let resolver = ResolverConfig { coordinator: args.coordinator, ..ResolverConfig::default() };
+    concord_participant::serve(
+        concord_proto::net::incoming(listener),
+        crate::shutdown_signal(),
+        node,
+        resolver,
+    )
+    .await?;
+    tracing::info!(name = %args.name, "participant stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the bound address for whoever started this process.
+fn announce(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
+    use std::io::Write;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "listening");
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {address}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Flags of `concord coordinator`.
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// Address to serve the coordinator API on (127.0.0.1:0 picks a free port).
+    #[arg(long, env = "CONCORD_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the coordinator's decision log.
+    #[arg(long, env = "CONCORD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A participant, as NAME=HOST:PORT; repeat for each.
+    #[arg(long = "participant", env = "CONCORD_PARTICIPANTS", value_delimiter = ',')]
+    participants: Vec<String>,
+    /// A TOML file with the same settings: listen, data_dir, call_timeout_ms and a
+    /// [participants] table of NAME = "HOST:PORT". Flags override it.
+    #[arg(long, env = "CONCORD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Timeout of each call to a participant, in milliseconds.
+    #[arg(long, env = "CONCORD_CALL_TIMEOUT_MS")]
+    call_timeout_ms: Option<u64>,
+    /// Transactions undecided at once; Submit beyond gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CONCORD_MAX_INFLIGHT", default_value_t = 4096)]
+    max_inflight: usize,
+    /// Take a checkpoint after this many decision-log records.
+    #[arg(long, env = "CONCORD_CHECKPOINT_EVERY", default_value_t = 200_000)]
+    checkpoint_every: u64,
+}
+
+/// The TOML form of the coordinator's settings.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct CoordinatorFile {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    call_timeout_ms: Option<u64>,
+    #[serde(default)]
+    participants: std::collections::BTreeMap<String, String>,
+}
+
+/// Runs a coordinator until Ctrl-C/SIGTERM or a decision-log failure.
+pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let file: CoordinatorFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => CoordinatorFile::default(),
+    };
+    let mut participants = file.participants;
+    for spec in &args.participants {
+        let (name, address) = spec
+            .split_once('=')
+            .with_context(|| format!("--participant {spec:?}: expected NAME=HOST:PORT"))?;
+        if name.is_empty() || name.len() > concord_core::limits::MAX_PARTICIPANT_NAME_BYTES {
+            anyhow::bail!(
+                "--participant {spec:?}: the name must be 1 to {} bytes",
+                concord_core::limits::MAX_PARTICIPANT_NAME_BYTES
+            );
+        }
+        participants.insert(name.to_string(), address.to_string());
+    }
+    if participants.is_empty() {
+        anyhow::bail!(
+            "no participants: pass --participant NAME=HOST:PORT (repeatable) or a --config file"
+        );
+    }
+    let data_dir = args.data_dir.or(file.data_dir).context("--data-dir is required")?;
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:7100".to_string());
+    let call_timeout_ms = args.call_timeout_ms.or(file.call_timeout_ms).unwrap_or(2_000);
+    if !(1..=concord_core::limits::MAX_TXN_TIMEOUT_MS).contains(&call_timeout_ms) {
+        anyhow::bail!(
+            "--call-timeout-ms must be 1 to {}",
+            concord_core::limits::MAX_TXN_TIMEOUT_MS
+        );
+    }
+    if args.max_inflight == 0 {
+        anyhow::bail!("--max-inflight must be at least 1");
+    }
+    let wal = FileWal::open(&data_dir.join("wal"), FileWalOptions::default())
+        .with_context(|| format!("opening the decision log in {}", data_dir.display()))?;
+    let config = concord_coordinator::CoordinatorConfig {
+        participants,
+        call_timeout: Duration::from_millis(call_timeout_ms),
+        max_inflight: args.max_inflight,
+        checkpoint_every_records: args.checkpoint_every.max(1),
+        ..concord_coordinator::CoordinatorConfig::default()
+    };
+    let coordinator = concord_coordinator::Coordinator::recover(config, wal)
+        .await
+        .context("recovering from the decision log")?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    announce(&listener)?;
+    concord_coordinator::serve(
+        concord_proto::net::incoming(listener),
+        crate::shutdown_signal(),
+        coordinator,
+    )
+    .await?;
+    tracing::info!("coordinator stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,932 @@
+//! The coordinator's driver: runs each transaction's [`TxnMachine`] by carrying out its
+//! outputs (Prepare calls in parallel, the forced decision, Commit delivery with bounded
+//! exponential backoff and no give-up, Aborts), keeps the transaction table that answers
+//! Submit, GetTransaction, ListTransactions and ResolveTransaction, and recovers from the
+//! decision log.
+//!
+//! Every transaction runs in its own task, so a client that disconnects cannot stop a decision
+//! half-way. The table lock is a `std::sync::Mutex`, never held across an await.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use concord_core::coordinator::{
+    AbortCause, BranchStatus, CoordinatorRecord, Input, Output, Phase, PrepareResult, TxnMachine,
+};
+use concord_core::types::{Epoch, Outcome, TxnId};
+use concord_proto::v1::participant_client::ParticipantClient;
+use concord_proto::{convert, v1};
+use concord_wal::{Lsn, Wal};
+use tokio::sync::{Semaphore, oneshot, watch};
+use tonic::transport::Channel;
+
+/// How the coordinator runs.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Participant name → address (host:port).
+    pub participants: BTreeMap<String, String>,
+    /// Timeout of each call to a participant.
+    pub call_timeout: Duration,
+    /// Transactions undecided at once; Submit beyond gets RESOURCE_EXHAUSTED.
+    pub max_inflight: usize,
+    /// Decided transactions whose Commit is still being delivered, at most; Submit beyond gets
+    /// RESOURCE_EXHAUSTED (a participant that stays down cannot grow memory without bound).
+    pub max_undelivered: usize,
+    /// Finished transactions remembered for GetTransaction and idempotent Submit.
+    pub max_retained: usize,
+    /// First Commit retry delay.
+    pub min_backoff: Duration,
+    /// Commit retry delays never grow past this.
+    pub max_backoff: Duration,
+    /// Take a checkpoint after this many log records.
+    pub checkpoint_every_records: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            participants: BTreeMap::new(),
+            call_timeout: Duration::from_secs(2),
+            max_inflight: 4096,
+            max_undelivered: 100_000,
+            max_retained: 100_000,
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            checkpoint_every_records: 200_000,
+        }
+    }
+}
+
+/// Errors of the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// At a limit (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Overloaded(String),
+    /// Unknown id (NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The decision log failed; the coordinator stopped (INTERNAL). Restart to recover.
+    #[error("decision log failed: {0}")]
+    Fatal(String),
+    /// Shutting down (UNAVAILABLE).
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+}
+
+/// A transaction as submitted, validated.
+#[derive(Clone, Debug)]
+pub struct NewTxn {
+    /// Its id.
+    pub txn: TxnId,
+    /// Participant names, in branch order (distinct, all configured).
+    pub participants: Vec<String>,
+    /// Each branch's operations, in wire form (forwarded as they are).
+    pub operations: Vec<Vec<v1::Operation>>,
+    /// How long it may take to decide.
+    pub timeout: Duration,
+}
+
+/// One transaction in the table.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Participant names, in branch order.
+    pub participants: Vec<String>,
+    /// Phase and branch states.
+    pub machine: TxnMachine,
+    /// Per branch: phase-2 delivery attempts.
+    pub attempts: Vec<u32>,
+    /// Per branch: the last delivery error.
+    pub last_error: Vec<String>,
+    /// The epoch that ran it.
+    pub epoch: Epoch,
+    /// Wall-clock times (0 when unknown).
+    pub created_unix_ms: u64,
+    /// When decided.
+    pub decided_unix_ms: u64,
+    /// When finished (every Commit acknowledged, or aborted).
+    pub finished_unix_ms: u64,
+}
+
+impl Entry {
+    fn new(participants: Vec<String>, machine: TxnMachine, epoch: Epoch) -> Entry {
+        let n = participants.len();
+        Entry {
+            participants,
+            machine,
+            attempts: vec![0; n],
+            last_error: vec![String::new(); n],
+            epoch,
+            created_unix_ms: 0,
+            decided_unix_ms: 0,
+            finished_unix_ms: 0,
+        }
+    }
+
+    /// The outcome as clients see it: COMMITTED once the decision is durable.
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self.machine.phase() {
+            Phase::Preparing | Phase::Deciding => Outcome::Pending,
+            Phase::Committing | Phase::Committed => Outcome::Committed,
+            Phase::Aborted(_) => Outcome::Aborted,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        matches!(self.machine.phase(), Phase::Committed | Phase::Aborted(_))
+    }
+}
+
+/// The transaction table.
+#[derive(Default)]
+struct Table {
+    entries: HashMap<TxnId, Entry>,
+    /// Finished transactions, oldest first, for eviction.
+    finished: VecDeque<TxnId>,
+    /// Transactions decided COMMIT whose delivery is not finished.
+    undelivered: usize,
+}
+
+/// The coordinator. Shared behind an `Arc`.
+pub struct Coordinator<W: Wal> {
+    config: CoordinatorConfig,
+    epoch: Epoch,
+    wal: W,
+    table: Mutex<Table>,
+    clients: BTreeMap<String, ParticipantClient<Channel>>,
+    inflight: Arc<Semaphore>,
+    records_since_checkpoint: std::sync::atomic::AtomicU64,
+    checkpointing: tokio::sync::Mutex<()>,
+    failed: AtomicBool,
+    fatal: watch::Sender<Option<String>>,
+    /// Fires when the coordinator shuts down, ending delivery loops (recovery resumes them).
+    stopping: watch::Sender<bool>,
+}
+
+impl<W: Wal> Coordinator<W> {
+    /// Replays the decision log, starts a new epoch (forced), aborts every transaction that was
+    /// undecided, and re-drives every durable COMMIT without END. Call inside a tokio runtime,
+    /// before serving.
+    pub async fn recover(config: CoordinatorConfig, wal: W) -> Result<Arc<Self>, CoordinatorError> {
+        let mut clients = BTreeMap::new();
+        for (name, address) in &config.participants {
+            let channel =
+                concord_proto::net::channel(address, config.call_timeout).map_err(|e| {
+                    CoordinatorError::Fatal(format!("participant {name} at {address}: {e}"))
+                })?;
+            clients.insert(
+                name.clone(),
+                ParticipantClient::new(channel)
+                    .max_decoding_message_size(concord_core::limits::MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(concord_core::limits::MAX_GRPC_MESSAGE_BYTES),
+            );
+        }
+        let mut replay = Replay::default();
+        let mut records = 0u64;
+        for record in wal.read_from(Lsn::ZERO).map_err(fatal)? {
+            let record = record.map_err(fatal)?;
+            let decoded = CoordinatorRecord::decode(&record.payload).map_err(|e| {
+                CoordinatorError::Fatal(format!("decision log record at LSN {}: {e}", record.lsn))
+            })?;
+            replay.apply(decoded);
+            records += 1;
+        }
+        let epoch = Epoch(replay.max_epoch.0 + 1);
+        wal.append_durable(&CoordinatorRecord::Epoch(epoch).encode()).await.map_err(fatal)?;
+
+        let (fatal_tx, _) = watch::channel(None);
+        let (stopping, _) = watch::channel(false);
+        let coordinator = Arc::new(Coordinator {
+            inflight: Arc::new(Semaphore::new(config.max_inflight)),
+            config,
+            epoch,
+            wal,
+            table: Mutex::new(Table::default()),
+            clients,
+            records_since_checkpoint: std::sync::atomic::AtomicU64::new(records),
+            checkpointing: tokio::sync::Mutex::new(()),
+            failed: AtomicBool::new(false),
+            fatal: fatal_tx,
+            stopping,
+        });
+
+        let (mut resumed, mut aborted, mut probed) = (0, 0, 0);
+        for (txn, replayed) in replay.txns {
+            match replayed.state {
+                ReplayedState::Committing { pending } => {
+                    let (machine, outputs) =
+                        TxnMachine::recover_committing(replayed.participants.len(), &pending);
+                    coordinator.insert_recovered(
+                        &txn,
+                        replayed.participants,
+                        machine,
+                        replayed.created,
+                    );
+                    if !pending.is_empty() {
+                        coordinator.table().undelivered += 1;
+                    }
+                    coordinator.carry_out(&txn, outputs);
+                    resumed += 1;
+                }
+                ReplayedState::Started if replayed.participants.len() == 1 => {
+                    let (machine, outputs) = TxnMachine::recover_one_phase();
+                    coordinator.insert_recovered(
+                        &txn,
+                        replayed.participants,
+                        machine,
+                        replayed.created,
+                    );
+                    coordinator.carry_out(&txn, outputs);
+                    probed += 1;
+                }
+                ReplayedState::Started => {
+                    // Undecided at the crash: presumed abort. Tell every participant.
+                    let (mut machine, _) = TxnMachine::start(replayed.participants.len());
+                    let mut outputs = Vec::new();
+                    for branch in 0..replayed.participants.len() {
+                        outputs.extend(machine.handle(Input::Prepared {
+                            branch,
+                            result: PrepareResult::Unreachable("coordinator restarted".into()),
+                        }));
+                    }
+                    let cause = AbortCause::CoordinatorRestart;
+                    coordinator.insert_recovered(
+                        &txn,
+                        replayed.participants,
+                        machine,
+                        replayed.created,
+                    );
+                    let _ =
+                        coordinator.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause });
+                    let sends: Vec<Output> = outputs
+                        .into_iter()
+                        .filter(|o| matches!(o, Output::SendAbort { .. }))
+                        .collect();
+                    coordinator.carry_out(&txn, sends);
+                    coordinator.finish(&txn);
+                    aborted += 1;
+                }
+                ReplayedState::Finished(phase) => {
+                    let machine = TxnMachine::finished(replayed.participants.len(), phase);
+                    coordinator.insert_recovered(
+                        &txn,
+                        replayed.participants,
+                        machine,
+                        replayed.created,
+                    );
+                    coordinator.finish(&txn);
+                }
+            }
+        }
+        tracing::info!(epoch = epoch.0, records, resumed, aborted, probed, "coordinator recovered");
+        Ok(coordinator)
+    }
+
+    /// This coordinator's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Names of the configured participants.
+    pub fn participant_names(&self) -> impl Iterator<Item = &String> {
+        self.clients.keys()
+    }
+
+    /// Resolves once the decision log failed.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    /// Stops delivery loops; call when the server stops.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Runs a new transaction to a decision, or returns the state of a known one.
+    pub async fn submit(self: &Arc<Self>, new: NewTxn) -> Result<Entry, CoordinatorError> {
+        self.refuse_if_failed()?;
+        if let Some(entry) = self.table().entries.get(&new.txn) {
+            return Ok(entry.clone());
+        }
+        let permit = Arc::clone(&self.inflight).try_acquire_owned().map_err(|_| {
+            CoordinatorError::Overloaded(format!(
+                "{} transactions are in flight, the limit",
+                self.config.max_inflight
+            ))
+        })?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut table = self.table();
+            if let Some(entry) = table.entries.get(&new.txn) {
+                return Ok(entry.clone());
+            }
+            if table.undelivered >= self.config.max_undelivered {
+                return Err(CoordinatorError::Overloaded(format!(
+                    "{} committed transactions await delivery, the limit",
+                    table.undelivered
+                )));
+            }
+            let (machine, _) = TxnMachine::start(new.participants.len());
+            let mut entry = Entry::new(new.participants.clone(), machine, self.epoch);
+            entry.created_unix_ms = now_unix_ms();
+            table.entries.insert(new.txn.clone(), entry);
+        }
+        let this = Arc::clone(self);
+        let txn = new.txn.clone();
+        tokio::spawn(async move {
+            this.run_txn(new, reply_tx).await;
+            drop(permit);
+        });
+        match reply_rx.await {
+            Ok(()) => {}
+            Err(_) => return Err(CoordinatorError::Fatal("the transaction's task ended".into())),
+        }
+        self.get(&txn)
+            .ok_or_else(|| CoordinatorError::NotFound(format!("transaction {txn} vanished")))
+    }
+
+    /// A copy of one transaction's entry.
+    pub fn get(&self, txn: &TxnId) -> Option<Entry> {
+        self.table().entries.get(txn).cloned()
+    }
+
+    /// Records an unknown id as aborted for good (forced), so a late Submit cannot commit it.
+    pub async fn fence(&self, txn: &TxnId) -> Result<Entry, CoordinatorError> {
+        self.refuse_if_failed()?;
+        let lsn = {
+            let mut table = self.table();
+            if let Some(entry) = table.entries.get(txn) {
+                return Ok(entry.clone());
+            }
+            let lsn = self.append(&CoordinatorRecord::Fenced { txn: txn.clone() })?;
+            let machine = TxnMachine::finished(1, Phase::Aborted(AbortCause::Fenced));
+            let mut entry = Entry::new(Vec::new(), machine, self.epoch);
+            entry.finished_unix_ms = now_unix_ms();
+            table.entries.insert(txn.clone(), entry);
+            lsn
+        };
+        self.finish(txn);
+        self.wal.wait_durable(lsn).await.map_err(|e| self.fail(e.to_string()))?;
+        self.get(txn).ok_or_else(|| CoordinatorError::NotFound(txn.to_string()))
+    }
+
+    /// Transactions in txn-id order after `after`, filtered, at most `limit`.
+    pub fn list(
+        &self,
+        filter: impl Fn(&Entry) -> bool,
+        after: Option<&TxnId>,
+        limit: usize,
+    ) -> Vec<(TxnId, Entry)> {
+        let table = self.table();
+        let mut matching: Vec<(&TxnId, &Entry)> = table
+            .entries
+            .iter()
+            .filter(|(txn, entry)| after.is_none_or(|a| *txn > a) && filter(entry))
+            .collect();
+        matching.sort_by(|a, b| a.0.cmp(b.0));
+        matching.into_iter().take(limit).map(|(t, e)| (t.clone(), e.clone())).collect()
+    }
+
+    /// The answer for an in-doubt participant: presumed abort for anything unknown.
+    pub fn resolve(&self, txn: &TxnId) -> Outcome {
+        self.table().entries.get(txn).map_or(Outcome::Aborted, Entry::outcome)
+    }
+
+    /// Takes a checkpoint if enough records were appended since the last one.
+    pub async fn maybe_checkpoint(&self) -> Result<(), CoordinatorError> {
+        if self.records_since_checkpoint.load(Ordering::Relaxed)
+            < self.config.checkpoint_every_records
+        {
+            return Ok(());
+        }
+        let _serial = self.checkpointing.lock().await;
+        let (begin, end) = {
+            let table = self.table();
+            let mut entries = Vec::new();
+            for (txn, entry) in &table.entries {
+                entries.extend(checkpoint_records(txn, entry));
+            }
+            let id = now_unix_ms();
+            let mut lsns =
+                vec![self.append(&CoordinatorRecord::CheckpointBegin { id, epoch: self.epoch })?];
+            let mut batch = Vec::new();
+            let mut size = 0;
+            for record in entries {
+                size += record.encode().len();
+                batch.push(record);
+                if size > concord_core::limits::MAX_WAL_RECORD_BYTES / 2 {
+                    lsns.push(self.append(&CoordinatorRecord::CheckpointEntries(
+                        std::mem::take(&mut batch),
+                    ))?);
+                    size = 0;
+                }
+            }
+            if !batch.is_empty() {
+                lsns.push(self.append(&CoordinatorRecord::CheckpointEntries(batch))?);
+            }
+            lsns.push(self.append(&CoordinatorRecord::CheckpointEnd { id })?);
+            self.records_since_checkpoint.store(0, Ordering::Relaxed);
+            (lsns[0], lsns[lsns.len() - 1])
+        };
+        self.wal.wait_durable(end).await.map_err(|e| self.fail(e.to_string()))?;
+        self.wal.truncate_before(begin).map_err(|e| self.fail(e.to_string()))?;
+        tracing::info!(checkpoint_lsn = begin.0, "coordinator checkpoint taken");
+        Ok(())
+    }
+
+    async fn run_txn(self: &Arc<Self>, new: NewTxn, reply: oneshot::Sender<()>) {
+        let txn = new.txn.clone();
+        let deadline = tokio::time::Instant::now() + new.timeout;
+        let deadline_unix_ms =
+            now_unix_ms() + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut reply = Some(reply);
+        let started = CoordinatorRecord::Started {
+            txn: txn.clone(),
+            participants: new.participants.clone(),
+            created_unix_ms: now_unix_ms(),
+        };
+        let (_, mut pending) = TxnMachine::start(new.participants.len());
+        let mut prepares = tokio::task::JoinSet::new();
+        let mut deadline_seen = false;
+        loop {
+            for output in std::mem::take(&mut pending) {
+                match output {
+                    Output::ForceStarted => {
+                        let forced = match self.append(&started) {
+                            Ok(lsn) => self
+                                .wal
+                                .wait_durable(lsn)
+                                .await
+                                .map_err(|e| self.fail(e.to_string())),
+                            Err(e) => Err(e),
+                        };
+                        if forced.is_err() {
+                            return; // fatal: the reply channel drops, the client sees INTERNAL
+                        }
+                        pending.extend(self.handle(&txn, Input::StartedDurable));
+                    }
+                    Output::SendPrepare { branch, one_phase } => {
+                        if !one_phase && branch == 0 {
+                            // Lazy: rides along with the next group commit.
+                            if self.append(&started).is_err() {
+                                return;
+                            }
+                        }
+                        let client = self.clients[&new.participants[branch]].clone();
+                        let request = v1::PrepareRequest {
+                            txn_id: txn.to_string(),
+                            epoch: self.epoch.0,
+                            operations: new.operations[branch].clone(),
+                            deadline_unix_ms,
+                            one_phase,
+                        };
+                        let timeout =
+                            deadline.saturating_duration_since(tokio::time::Instant::now());
+                        prepares.spawn(
+                            async move { (branch, prepare(client, request, timeout).await) },
+                        );
+                    }
+                    Output::ForceCommit { branches } => {
+                        let record = CoordinatorRecord::Commit {
+                            txn: txn.clone(),
+                            participants: new.participants.clone(),
+                            pending: branches,
+                            decided_unix_ms: now_unix_ms(),
+                        };
+                        let forced = match self.append(&record) {
+                            Ok(lsn) => self
+                                .wal
+                                .wait_durable(lsn)
+                                .await
+                                .map_err(|e| self.fail(e.to_string())),
+                            Err(e) => Err(e),
+                        };
+                        if forced.is_err() {
+                            return;
+                        }
+                        {
+                            let mut table = self.table();
+                            table.undelivered += 1;
+                            if let Some(entry) = table.entries.get_mut(&txn) {
+                                entry.decided_unix_ms = now_unix_ms();
+                            }
+                        }
+                        pending.extend(self.handle(&txn, Input::CommitDurable));
+                    }
+                    Output::Reply(_) => {
+                        if let Some(reply) = reply.take() {
+                            let _ = reply.send(());
+                        }
+                    }
+                    other => self.carry_out(&txn, vec![other]),
+                }
+            }
+            if prepares.is_empty() && pending.is_empty() {
+                break;
+            }
+            tokio::select! {
+                joined = prepares.join_next(), if !prepares.is_empty() => {
+                    if let Some(Ok((branch, result))) = joined {
+                        pending.extend(self.handle(&txn, Input::Prepared { branch, result }));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline), if !deadline_seen => {
+                    deadline_seen = true;
+                    pending.extend(self.handle(&txn, Input::Deadline));
+                }
+            }
+        }
+        // One phase still unresolved (probing), or a reply not yet sent: the client hears the
+        // current state (PENDING) after the deadline, and the probe goes on in the background.
+        if let Some(reply) = reply.take() {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Feeds an input to a transaction's machine under the table lock.
+    fn handle(&self, txn: &TxnId, input: Input) -> Vec<Output> {
+        let mut table = self.table();
+        match table.entries.get_mut(txn) {
+            Some(entry) => entry.machine.handle(input),
+            None => Vec::new(),
+        }
+    }
+
+    /// Carries out outputs that need no waiting: sends and lazy log records.
+    fn carry_out(self: &Arc<Self>, txn: &TxnId, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::SendCommit { branch } => {
+                    let this = Arc::clone(self);
+                    let txn = txn.clone();
+                    tokio::spawn(async move { this.deliver_commit(txn, branch).await });
+                }
+                Output::SendAbort { branch } => {
+                    if let Some(client) = self.client_for(txn, branch) {
+                        let request =
+                            v1::AbortRequest { txn_id: txn.to_string(), epoch: self.epoch.0 };
+                        tokio::spawn(async move {
+                            // One attempt: presumed abort needs no acknowledgement; a participant
+                            // that misses it asks us and hears ABORTED.
+                            let mut client = client;
+                            let _ = client.abort(request).await;
+                        });
+                    }
+                }
+                Output::ProbeOnePhase => {
+                    let this = Arc::clone(self);
+                    let txn = txn.clone();
+                    tokio::spawn(async move { this.probe_one_phase(txn).await });
+                }
+                Output::LogEnd => {
+                    if self.append(&CoordinatorRecord::End { txn: txn.clone() }).is_ok() {
+                        self.finish(txn);
+                    }
+                }
+                Output::LogAbort(cause) => {
+                    if self.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause }).is_ok()
+                    {
+                        self.finish(txn);
+                    }
+                }
+                Output::Reply(_)
+                | Output::SendPrepare { .. }
+                | Output::ForceCommit { .. }
+                | Output::ForceStarted => {
+                    unreachable!("handled by run_txn: {output:?}")
+                }
+            }
+        }
+    }
+
+    /// Sends Commit to one branch until it is acknowledged, with bounded exponential backoff.
+    async fn deliver_commit(self: Arc<Self>, txn: TxnId, branch: usize) {
+        let Some(mut client) = self.client_for(&txn, branch) else {
+            tracing::error!(txn_id = %txn, branch, "no client for a committing branch: unknown participant in the log");
+            return;
+        };
+        let mut stopping = self.stopping.subscribe();
+        let mut backoff = self.config.min_backoff;
+        loop {
+            let request = v1::CommitRequest { txn_id: txn.to_string(), epoch: self.epoch.0 };
+            let result = client.commit(request).await;
+            let acknowledged = {
+                let mut table = self.table();
+                let Some(entry) = table.entries.get_mut(&txn) else { return };
+                entry.attempts[branch] += 1;
+                match &result {
+                    Ok(_) => true,
+                    Err(status) => {
+                        entry.last_error[branch] =
+                            format!("{:?}: {}", status.code(), status.message());
+                        false
+                    }
+                }
+            };
+            if acknowledged {
+                let outputs = self.handle(&txn, Input::CommitAcknowledged { branch });
+                if outputs.contains(&Output::LogEnd) {
+                    self.table().undelivered -= 1;
+                }
+                self.carry_out(&txn, outputs);
+                return;
+            }
+            if let Err(status) = result {
+                tracing::warn!(txn_id = %txn, branch, code = ?status.code(), "commit delivery failed; retrying");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// Resolves a silent one-phase branch: Abort until answered. Acknowledged → aborted for
+    /// good (a barrier refuses the late Prepare); FAILED_PRECONDITION → it committed.
+    async fn probe_one_phase(self: Arc<Self>, txn: TxnId) {
+        let Some(mut client) = self.client_for(&txn, 0) else { return };
+        let mut stopping = self.stopping.subscribe();
+        let mut backoff = self.config.min_backoff;
+        loop {
+            let request = v1::AbortRequest { txn_id: txn.to_string(), epoch: self.epoch.0 };
+            let committed = match client.abort(request).await {
+                Ok(_) => Some(false),
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => Some(true),
+                Err(status) => {
+                    tracing::warn!(txn_id = %txn, code = ?status.code(), "one-phase probe failed; retrying");
+                    None
+                }
+            };
+            if let Some(committed) = committed {
+                let outputs = self.handle(&txn, Input::ProbeAnswered { committed });
+                self.carry_out(
+                    &txn,
+                    outputs.into_iter().filter(|o| !matches!(o, Output::Reply(_))).collect(),
+                );
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    fn client_for(&self, txn: &TxnId, branch: usize) -> Option<ParticipantClient<Channel>> {
+        let table = self.table();
+        let name = table.entries.get(txn)?.participants.get(branch)?.clone();
+        drop(table);
+        self.clients.get(&name).cloned()
+    }
+
+    fn insert_recovered(
+        &self,
+        txn: &TxnId,
+        participants: Vec<String>,
+        machine: TxnMachine,
+        created: u64,
+    ) {
+        let mut entry = Entry::new(participants, machine, Epoch(0));
+        entry.created_unix_ms = created;
+        self.table().entries.insert(txn.clone(), entry);
+    }
+
+    /// Marks a transaction finished and evicts the oldest finished ones past the retention.
+    fn finish(&self, txn: &TxnId) {
+        let mut table = self.table();
+        if let Some(entry) = table.entries.get_mut(txn) {
+            if entry.finished_unix_ms == 0 {
+                entry.finished_unix_ms = now_unix_ms();
+            }
+            debug_assert!(entry.finished());
+        }
+        table.finished.push_back(txn.clone());
+        while table.finished.len() > self.config.max_retained {
+            if let Some(old) = table.finished.pop_front() {
+                table.entries.remove(&old);
+            }
+        }
+    }
+
+    fn append(&self, record: &CoordinatorRecord) -> Result<Lsn, CoordinatorError> {
+        self.refuse_if_failed()?;
+        let lsn = self.wal.append(&record.encode()).map_err(|e| self.fail(e.to_string()))?;
+        self.records_since_checkpoint.fetch_add(1, Ordering::Relaxed);
+        Ok(lsn)
+    }
+
+    fn refuse_if_failed(&self) -> Result<(), CoordinatorError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(CoordinatorError::Fatal(
+                "the coordinator stopped after a log failure".into(),
+            ));
+        }
+        if *self.stopping.borrow() {
+            return Err(CoordinatorError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn fail(&self, reason: String) -> CoordinatorError {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            tracing::error!(%reason, "decision log failed; stopping");
+            self.fatal.send_replace(Some(reason.clone()));
+        }
+        CoordinatorError::Fatal(reason)
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        match self.table.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::error!("coordinator table lock poisoned by a panic; stopping");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Calls Prepare and classifies the answer. A transport error or timeout is never a NO.
+async fn prepare(
+    mut client: ParticipantClient<Channel>,
+    request: v1::PrepareRequest,
+    timeout: Duration,
+) -> PrepareResult {
+    let one_phase = request.one_phase;
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(timeout.max(Duration::from_millis(1)));
+    match client.prepare(request).await {
+        Ok(response) => {
+            let response = response.into_inner();
+            let outcome = convert::outcome_from_wire(response.outcome);
+            match convert::vote_from_wire(response.vote) {
+                Ok(concord_core::types::Vote::Yes)
+                    if one_phase && outcome == Some(Outcome::Committed) =>
+                {
+                    PrepareResult::OnePhaseCommitted
+                }
+                Ok(concord_core::types::Vote::Yes) if one_phase => PrepareResult::Unreachable(
+                    "one-phase Prepare answered YES without committing".into(),
+                ),
+                Ok(vote) => PrepareResult::Voted(vote),
+                Err(error) => PrepareResult::Unreachable(format!("malformed vote: {error}")),
+            }
+        }
+        Err(status) => match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => PrepareResult::Timeout,
+            _ => PrepareResult::Unreachable(format!("{:?}: {}", status.code(), status.message())),
+        },
+    }
+}
+
+fn fatal(error: concord_wal::WalError) -> CoordinatorError {
+    CoordinatorError::Fatal(error.to_string())
+}
+
+/// The records that rebuild one entry from a checkpoint.
+fn checkpoint_records(txn: &TxnId, entry: &Entry) -> Vec<CoordinatorRecord> {
+    let started = CoordinatorRecord::Started {
+        txn: txn.clone(),
+        participants: entry.participants.clone(),
+        created_unix_ms: entry.created_unix_ms,
+    };
+    let pending =
+        |status: &BranchStatus| matches!(status, BranchStatus::Committing | BranchStatus::Prepared);
+    match entry.machine.phase() {
+        Phase::Preparing => vec![started],
+        Phase::Deciding | Phase::Committing | Phase::Committed => {
+            let pending: Vec<usize> = (0..entry.participants.len())
+                .filter(|&b| pending(&entry.machine.branches()[b]))
+                .collect();
+            let mut records = vec![CoordinatorRecord::Commit {
+                txn: txn.clone(),
+                participants: entry.participants.clone(),
+                pending: pending.clone(),
+                decided_unix_ms: entry.decided_unix_ms,
+            }];
+            if pending.is_empty() {
+                records.push(CoordinatorRecord::End { txn: txn.clone() });
+            }
+            records
+        }
+        Phase::Aborted(AbortCause::Fenced) => vec![CoordinatorRecord::Fenced { txn: txn.clone() }],
+        Phase::Aborted(cause) => {
+            vec![started, CoordinatorRecord::Aborted { txn: txn.clone(), cause: cause.clone() }]
+        }
+    }
+}
+
+/// What replay learned about one transaction.
+struct Replayed {
+    participants: Vec<String>,
+    created: u64,
+    state: ReplayedState,
+}
+
+enum ReplayedState {
+    Started,
+    Committing { pending: Vec<usize> },
+    Finished(Phase),
+}
+
+/// Rebuilds the table from the decision log.
+#[derive(Default)]
+struct Replay {
+    max_epoch: Epoch,
+    txns: BTreeMap<TxnId, Replayed>,
+    checkpoint: Option<(u64, Epoch, Vec<CoordinatorRecord>)>,
+    /// Records appended by running transactions while a checkpoint was being written: applied
+    /// again on top of the checkpoint's state (each record is idempotent on replay).
+    interleaved: Vec<CoordinatorRecord>,
+}
+
+impl Replay {
+    fn apply(&mut self, record: CoordinatorRecord) {
+        let in_checkpoint = matches!(
+            record,
+            CoordinatorRecord::CheckpointBegin { .. }
+                | CoordinatorRecord::CheckpointEntries(_)
+                | CoordinatorRecord::CheckpointEnd { .. }
+        );
+        if self.checkpoint.is_some() && !in_checkpoint {
+            self.interleaved.push(record.clone());
+        }
+        match record {
+            CoordinatorRecord::Epoch(epoch) => self.max_epoch = self.max_epoch.max(epoch),
+            CoordinatorRecord::Started { txn, participants, created_unix_ms } => {
+                self.txns.entry(txn).or_insert(Replayed {
+                    participants,
+                    created: created_unix_ms,
+                    state: ReplayedState::Started,
+                });
+            }
+            CoordinatorRecord::Commit { txn, participants, pending, .. } => {
+                let created = self.txns.get(&txn).map_or(0, |t| t.created);
+                self.txns.insert(
+                    txn,
+                    Replayed {
+                        participants,
+                        created,
+                        state: ReplayedState::Committing { pending },
+                    },
+                );
+            }
+            CoordinatorRecord::Aborted { txn, cause } => {
+                let entry = self.txns.entry(txn).or_insert(Replayed {
+                    participants: Vec::new(),
+                    created: 0,
+                    state: ReplayedState::Started,
+                });
+                if !matches!(entry.state, ReplayedState::Committing { .. }) {
+                    entry.state = ReplayedState::Finished(Phase::Aborted(cause));
+                }
+            }
+            CoordinatorRecord::Fenced { txn } => {
+                self.txns.entry(txn).or_insert(Replayed {
+                    participants: Vec::new(),
+                    created: 0,
+                    state: ReplayedState::Finished(Phase::Aborted(AbortCause::Fenced)),
+                });
+            }
+            CoordinatorRecord::End { txn } => {
+                if let Some(entry) = self.txns.get_mut(&txn) {
+                    entry.state = ReplayedState::Finished(Phase::Committed);
+                }
+            }
+            CoordinatorRecord::CheckpointBegin { id, epoch } => {
+                self.checkpoint = Some((id, epoch, Vec::new()));
+                self.interleaved.clear();
+            }
+            CoordinatorRecord::CheckpointEntries(entries) => {
+                if let Some((_, _, records)) = &mut self.checkpoint {
+                    records.extend(entries);
+                }
+            }
+            CoordinatorRecord::CheckpointEnd { id } => {
+                if let Some((begin, epoch, records)) = self.checkpoint.take()
+                    && begin == id
+                {
+                    let max_epoch = self.max_epoch.max(epoch);
+                    let interleaved = std::mem::take(&mut self.interleaved);
+                    *self = Replay { max_epoch, ..Replay::default() };
+                    for record in records.into_iter().chain(interleaved) {
+                        self.apply(record);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+#[must_use]
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,304 @@
+//! The `concord.v1.Coordinator` gRPC service: validates requests (INVALID_ARGUMENT naming the
+//! field), converts to and from the driver's types, and maps driver errors to statuses — the one
+//! place where that happens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_core::coordinator::{AbortCause, BranchStatus, Phase};
+use concord_core::limits;
+use concord_core::types::{InvalidInput, Outcome, TxnId, validate_operations};
+use concord_proto::{convert, v1};
+use concord_wal::Wal;
+use tonic::{Request, Response, Status};
+
+use crate::driver::{Coordinator, CoordinatorError, Entry, NewTxn};
+
+/// The gRPC face of a coordinator.
+pub struct CoordinatorService<W: Wal> {
+    coordinator: Arc<Coordinator<W>>,
+}
+
+impl<W: Wal> CoordinatorService<W> {
+    /// Serves `coordinator`.
+    pub fn new(coordinator: Arc<Coordinator<W>>) -> Self {
+        CoordinatorService { coordinator }
+    }
+
+    fn validate(&self, request: v1::SubmitRequest) -> Result<NewTxn, InvalidInput> {
+        let txn = if request.txn_id.is_empty() {
+            TxnId::parse(&uuid::Uuid::new_v4().to_string(), "txn_id")?
+        } else {
+            TxnId::parse(&request.txn_id, "txn_id")?
+        };
+        match v1::TxnMode::try_from(request.mode) {
+            Ok(v1::TxnMode::Unspecified | v1::TxnMode::TwoPhase) => {}
+            Ok(mode) => {
+                return Err(InvalidInput::new(
+                    "mode",
+                    format!("{} is not supported yet; use TWO_PHASE", mode.as_str_name()),
+                ));
+            }
+            Err(_) => {
+                return Err(InvalidInput::new("mode", format!("unknown mode {}", request.mode)));
+            }
+        }
+        if request.branches.is_empty() {
+            return Err(InvalidInput::new("branches", "must hold at least one branch"));
+        }
+        if request.branches.len() > limits::MAX_BRANCHES_PER_TXN {
+            return Err(InvalidInput::new(
+                "branches",
+                format!(
+                    "holds {} branches; the limit is {}",
+                    request.branches.len(),
+                    limits::MAX_BRANCHES_PER_TXN
+                ),
+            ));
+        }
+        if u64::from(request.timeout_ms) > limits::MAX_TXN_TIMEOUT_MS {
+            return Err(InvalidInput::new(
+                "timeout_ms",
+                format!(
+                    "{} exceeds the limit of {}",
+                    request.timeout_ms,
+                    limits::MAX_TXN_TIMEOUT_MS
+                ),
+            ));
+        }
+        let timeout_ms = match request.timeout_ms {
+            0 => limits::DEFAULT_TXN_TIMEOUT_MS,
+            ms => u64::from(ms),
+        };
+        let known: Vec<&String> = self.coordinator.participant_names().collect();
+        let mut participants = Vec::with_capacity(request.branches.len());
+        let mut operations = Vec::with_capacity(request.branches.len());
+        let mut payload = 0;
+        for (index, branch) in request.branches.into_iter().enumerate() {
+            if !known.contains(&&branch.participant) {
+                return Err(InvalidInput::new(
+                    format!("branches[{index}].participant"),
+                    format!(
+                        "unknown participant {:?}; this coordinator knows {}",
+                        branch.participant,
+                        known.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            if participants.contains(&branch.participant) {
+                return Err(InvalidInput::new(
+                    format!("branches[{index}].participant"),
+                    format!(
+                        "{:?} appears twice; merge its operations into one branch",
+                        branch.participant
+                    ),
+                ));
+            }
+            let field = format!("branches[{index}].operations");
+            let domain = convert::operations(branch.operations.clone(), &field)?;
+            payload += validate_operations(&domain, &field)?;
+            participants.push(branch.participant);
+            operations.push(branch.operations);
+        }
+        if payload > limits::MAX_TXN_PAYLOAD_BYTES {
+            return Err(InvalidInput::new(
+                "branches",
+                format!(
+                    "carry {payload} bytes of keys and values; the limit is {}",
+                    limits::MAX_TXN_PAYLOAD_BYTES
+                ),
+            ));
+        }
+        Ok(NewTxn { txn, participants, operations, timeout: Duration::from_millis(timeout_ms) })
+    }
+}
+
+fn status(error: CoordinatorError) -> Status {
+    match error {
+        CoordinatorError::Overloaded(message) => Status::resource_exhausted(message),
+        CoordinatorError::NotFound(message) => Status::not_found(message),
+        CoordinatorError::Fatal(message) => Status::internal(message),
+        CoordinatorError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
+    }
+}
+
+fn txn_state(entry: &Entry) -> v1::TxnState {
+    match entry.machine.phase() {
+        Phase::Preparing | Phase::Deciding => v1::TxnState::Preparing,
+        Phase::Committing => v1::TxnState::Committing,
+        Phase::Committed => v1::TxnState::Committed,
+        Phase::Aborted(_) => v1::TxnState::Aborted,
+    }
+}
+
+fn abort_to_wire(entry: &Entry) -> Option<v1::AbortCause> {
+    use v1::abort_cause::Kind;
+    let Phase::Aborted(cause) = entry.machine.phase() else { return None };
+    let name = |branch: &usize| entry.participants.get(*branch).cloned().unwrap_or_default();
+    let mut wire = v1::AbortCause::default();
+    match cause {
+        AbortCause::VoteNo { branch, reason, message } => {
+            wire.kind = Kind::VoteNo.into();
+            wire.participant = name(branch);
+            wire.vote_reason = convert::no_reason_to_wire(*reason).into();
+            wire.message = message.clone();
+        }
+        AbortCause::Unreachable { branch, message } => {
+            wire.kind = Kind::ParticipantUnreachable.into();
+            wire.participant = name(branch);
+            wire.message = message.clone();
+        }
+        AbortCause::Timeout { branch } => {
+            wire.kind = Kind::ParticipantTimeout.into();
+            wire.participant = name(branch);
+            wire.message = "no answer before the deadline".into();
+        }
+        AbortCause::Deadline => {
+            wire.kind = Kind::Deadline.into();
+            wire.message = "the transaction's deadline passed before every vote arrived".into();
+        }
+        AbortCause::CoordinatorRestart => {
+            wire.kind = Kind::CoordinatorRestart.into();
+            wire.message = "the coordinator restarted before deciding (presumed abort)".into();
+        }
+        AbortCause::Fenced => {
+            wire.kind = Kind::Fenced.into();
+            wire.message = "fenced as aborted by a GetTransaction with fence_unknown".into();
+        }
+    }
+    Some(wire)
+}
+
+fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
+    let branches = entry
+        .participants
+        .iter()
+        .zip(entry.machine.branches())
+        .enumerate()
+        .map(|(index, (participant, status))| {
+            let (state, vote) = match status {
+                BranchStatus::Preparing => (v1::BranchState::Preparing, None),
+                BranchStatus::Prepared => (v1::BranchState::Prepared, None),
+                BranchStatus::ReadOnly => (v1::BranchState::ReadOnly, None),
+                BranchStatus::VotedNo(vote) => {
+                    (v1::BranchState::VotedNo, Some(convert::vote_to_wire(vote)))
+                }
+                BranchStatus::Unknown => (v1::BranchState::Unknown, None),
+                BranchStatus::Committing => (v1::BranchState::Committing, None),
+                BranchStatus::Committed => (v1::BranchState::Committed, None),
+                BranchStatus::Aborted => (v1::BranchState::Aborted, None),
+            };
+            v1::BranchInfo {
+                participant: participant.clone(),
+                state: state.into(),
+                vote,
+                delivery_attempts: entry.attempts.get(index).copied().unwrap_or(0),
+                last_error: entry.last_error.get(index).cloned().unwrap_or_default(),
+            }
+        })
+        .collect();
+    v1::TransactionInfo {
+        txn_id: txn.to_string(),
+        state: txn_state(entry).into(),
+        outcome: convert::outcome_to_wire(entry.outcome()).into(),
+        abort: abort_to_wire(entry),
+        branches,
+        mode: v1::TxnMode::TwoPhase.into(),
+        epoch: entry.epoch.0,
+        created_unix_ms: entry.created_unix_ms,
+        decided_unix_ms: entry.decided_unix_ms,
+        finished_unix_ms: entry.finished_unix_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
+    async fn submit(
+        &self,
+        request: Request<v1::SubmitRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let new = self.validate(request.into_inner()).map_err(|e| convert::invalid(&e))?;
+        let txn = new.txn.clone();
+        let span = tracing::debug_span!("submit", txn_id = %txn);
+        let _entered = span.enter();
+        let entry = self.coordinator.submit(new).await.map_err(status)?;
+        Ok(Response::new(v1::SubmitResponse {
+            txn_id: txn.to_string(),
+            outcome: convert::outcome_to_wire(entry.outcome()).into(),
+            abort: abort_to_wire(&entry),
+            state: txn_state(&entry).into(),
+        }))
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<v1::GetTransactionRequest>,
+    ) -> Result<Response<v1::GetTransactionResponse>, Status> {
+        let request = request.into_inner();
+        let txn = TxnId::parse(&request.txn_id, "txn_id").map_err(|e| convert::invalid(&e))?;
+        let entry = match self.coordinator.get(&txn) {
+            Some(entry) => entry,
+            None if request.fence_unknown => self.coordinator.fence(&txn).await.map_err(status)?,
+            None => {
+                return Err(Status::not_found(format!(
+                    "txn_id: no record of {txn}: never submitted here, or aborted before a decision \
+                     and forgotten (presumed abort); ask with fence_unknown to make that definite"
+                )));
+            }
+        };
+        Ok(Response::new(v1::GetTransactionResponse { transaction: Some(info(&txn, &entry)) }))
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<v1::ListTransactionsRequest>,
+    ) -> Result<Response<v1::ListTransactionsResponse>, Status> {
+        let request = request.into_inner();
+        let state = v1::TxnState::try_from(request.state).map_err(|_| {
+            Status::invalid_argument(format!("state: unknown state {}", request.state))
+        })?;
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                TxnId::parse(&request.page_token, "page_token")
+                    .map_err(|e| convert::invalid(&e))?,
+            )
+        };
+        let limit = match request.page_size as usize {
+            0 => limits::DEFAULT_PAGE_SIZE,
+            n => n.min(limits::MAX_PAGE_SIZE),
+        };
+        let mut page = self.coordinator.list(
+            |entry| state == v1::TxnState::Unspecified || txn_state(entry) == state,
+            after.as_ref(),
+            limit + 1,
+        );
+        let next_page_token = if page.len() > limit {
+            page.truncate(limit);
+            page.last().map(|(txn, _)| txn.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListTransactionsResponse {
+            transactions: page.iter().map(|(txn, entry)| info(txn, entry)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn resolve_transaction(
+        &self,
+        request: Request<v1::ResolveTransactionRequest>,
+    ) -> Result<Response<v1::ResolveTransactionResponse>, Status> {
+        let request = request.into_inner();
+        let txn = TxnId::parse(&request.txn_id, "txn_id").map_err(|e| convert::invalid(&e))?;
+        let outcome = self.coordinator.resolve(&txn);
+        if outcome != Outcome::Pending {
+            tracing::info!(txn_id = %txn, participant = %request.participant, ?outcome, "resolved an in-doubt branch");
+        }
+        Ok(Response::new(v1::ResolveTransactionResponse {
+            outcome: convert::outcome_to_wire(outcome).into(),
+            epoch: self.coordinator.epoch().0,
+        }))
+    }
+}

@@ -1,0 +1,388 @@
+//! The participant's driver: the protocol engine (`concord_core::participant`) wired to a
+//! write-ahead log and a store.
+//!
+//! - Every engine call happens under one `std::sync::Mutex`, never held across an await; the
+//!   engine appends its records through a callback inside that lock, so the log's order is the
+//!   decision order.
+//! - Replies wait for durability outside the lock; concurrent Prepares therefore share the
+//!   log's group commit.
+//! - Committed writes are applied by one applier task, not by the request's future: a client
+//!   that disconnects mid-Commit must not leave a logged commit unapplied.
+//! - [`Node::recover`] replays the log into the engine and the store before anything is served.
+//! - [`Node::checkpoint`] bounds the log: snapshot the protocol state into the log, sync the
+//!   store, then release the segments below the snapshot.
+//!
+//! A storage failure (log or store) is fatal: the node stops answering and signals shutdown,
+//! and the process recovers from the log when restarted (a failed fsync is never retried).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use concord_core::participant::{
+    AbortStep, CommitStep, EngineError, EngineLimits, InDoubt, ParticipantEngine, PrepareInput,
+    PrepareReply, PrepareStep, Versioned,
+};
+use concord_core::record::{ParticipantRecord, Write};
+use concord_core::types::{InvalidInput, TxnId};
+use concord_wal::{Lsn, Wal, WalError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::store::{Store, StoreError, StoreState};
+
+/// What can go wrong in the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The request is malformed (INVALID_ARGUMENT).
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// The request contradicts what this participant knows (FAILED_PRECONDITION).
+    #[error("{0}")]
+    WrongState(String),
+    /// The log or the store failed; the node has stopped (INTERNAL). Restart to recover.
+    #[error("storage failed: {0}")]
+    Fatal(String),
+}
+
+impl From<WalError> for NodeError {
+    fn from(error: WalError) -> Self {
+        NodeError::Fatal(error.to_string())
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(error: StoreError) -> Self {
+        NodeError::Fatal(error.to_string())
+    }
+}
+
+impl From<EngineError<NodeError>> for NodeError {
+    fn from(error: EngineError<NodeError>) -> Self {
+        match error {
+            EngineError::Invalid(invalid) => NodeError::Invalid(invalid),
+            EngineError::WrongState(message) => NodeError::WrongState(message),
+            EngineError::Storage(error) => error,
+        }
+    }
+}
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This participant's name (in logs and when asking the coordinator).
+    pub name: String,
+    /// Engine limits.
+    pub limits: EngineLimits,
+    /// Take a checkpoint once this many records were appended since the last one.
+    pub checkpoint_every_records: u64,
+    /// The log's record-size limit, which checkpoint records respect.
+    pub max_record_bytes: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "participant".into(),
+            limits: EngineLimits::default(),
+            checkpoint_every_records: 100_000,
+            max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+        }
+    }
+}
+
+/// A commit to apply once its record is durable.
+struct ApplyJob {
+    txn: TxnId,
+    lsn: u64,
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), NodeError>>,
+}
+
+/// A participant: engine, log and store. Cheap to share behind an `Arc`.
+pub struct Node<W: Wal, S: Store> {
+    config: NodeConfig,
+    engine: Mutex<ParticipantEngine>,
+    wal: Arc<W>,
+    store: Arc<S>,
+    /// Commits waiting to be applied. Unbounded in type, bounded in fact: every job is a
+    /// prepared branch, and the engine holds at most `limits.max_prepared` of those.
+    applier: mpsc::UnboundedSender<ApplyJob>,
+    /// Records appended since the last checkpoint.
+    since_checkpoint: AtomicU64,
+    /// Serializes checkpoints.
+    checkpointing: tokio::sync::Mutex<()>,
+    /// Set once storage failed; every later request is refused.
+    failed: AtomicBool,
+    /// Tells the process to stop after a fatal error.
+    fatal: watch::Sender<Option<String>>,
+}
+
+impl<W: Wal, S: Store> Node<W, S> {
+    /// Replays `wal` into a new engine and into `store`, then starts the applier. Must run
+    /// inside a tokio runtime. Nothing may be served before this returns.
+    pub fn recover(config: NodeConfig, wal: W, store: S) -> Result<Arc<Self>, NodeError> {
+        let mut engine = ParticipantEngine::new(config.limits);
+        let mut replayed = 0u64;
+        for record in wal.read_from(Lsn::ZERO)? {
+            let record = record?;
+            let decoded = ParticipantRecord::decode(&record.payload).map_err(|e| {
+                NodeError::Fatal(format!("write-ahead log record at LSN {}: {e}", record.lsn))
+            })?;
+            for (version, writes) in engine.replay(record.lsn.0, decoded) {
+                store.apply(&writes, version)?;
+            }
+            replayed += 1;
+        }
+        let in_doubt = engine.prepared_count();
+        tracing::info!(participant = %config.name, replayed, in_doubt, "recovered from the write-ahead log");
+
+        let (applier, jobs) = mpsc::unbounded_channel();
+        let (fatal, _) = watch::channel(None);
+        let node = Arc::new(Node {
+            config,
+            engine: Mutex::new(engine),
+            wal: Arc::new(wal),
+            store: Arc::new(store),
+            applier,
+            since_checkpoint: AtomicU64::new(replayed),
+            checkpointing: tokio::sync::Mutex::new(()),
+            failed: AtomicBool::new(false),
+            fatal,
+        });
+        tokio::spawn(run_applier(Arc::clone(&node), jobs));
+        Ok(node)
+    }
+
+    /// This participant's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Resolves with the reason once storage has failed and the node stopped.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
+    }
+
+    /// Phase 1. Replies YES only once the PREPARED record is durable.
+    pub async fn prepare(&self, input: PrepareInput) -> Result<PrepareReply, NodeError> {
+        self.refuse_if_failed()?;
+        let txn = input.txn.clone();
+        let (step, applied) = {
+            let mut engine = self.engine();
+            let step = engine
+                .handle_prepare(now_unix_ms(), input, &StoreState(&*self.store), &mut |r| {
+                    self.append(r)
+                })
+                .map_err(|e| self.check_fatal(e.into()))?;
+            // A one-phase commit is applied by the applier, queued under the lock.
+            let applied = match &step {
+                PrepareStep::AfterDurable { lsn, apply: Some(writes), .. } => {
+                    Some(self.queue_apply(txn.clone(), *lsn, writes.clone()))
+                }
+                _ => None,
+            };
+            (step, applied)
+        };
+        match step {
+            PrepareStep::Reply(reply) => Ok(reply),
+            PrepareStep::AfterDurable { lsn, reply, .. } => {
+                match applied {
+                    Some(done) => self.await_apply(done).await?,
+                    None => self.wait_durable(lsn).await?,
+                }
+                Ok(reply)
+            }
+        }
+    }
+
+    /// Phase 2, commit. Acknowledged only once the commit record is durable.
+    pub async fn commit(&self, txn: &TxnId) -> Result<(), NodeError> {
+        self.refuse_if_failed()?;
+        let (step, applied) = {
+            let mut engine = self.engine();
+            let step = engine
+                .handle_commit(now_unix_ms(), txn, &mut |r| self.append(r))
+                .map_err(|e| self.check_fatal(e.into()))?;
+            let applied = match &step {
+                CommitStep::AfterDurable { lsn, apply: Some(writes) } => {
+                    Some(self.queue_apply(txn.clone(), *lsn, writes.clone()))
+                }
+                _ => None,
+            };
+            (step, applied)
+        };
+        match (step, applied) {
+            (CommitStep::Acknowledge, _) => Ok(()),
+            (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await,
+            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_durable(lsn).await,
+        }
+    }
+
+    /// Phase 2, abort. Never waits for its record (presumed abort).
+    pub fn abort(&self, txn: &TxnId) -> Result<AbortStep, NodeError> {
+        self.refuse_if_failed()?;
+        let mut engine = self.engine();
+        engine
+            .handle_abort(now_unix_ms(), txn, &mut |r| self.append(r))
+            .map_err(|e| self.check_fatal(e.into()))
+    }
+
+    /// The committed value of `key`. A key locked by a prepared branch reads as its last
+    /// committed value (read committed; see docs/participant.md).
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, NodeError> {
+        self.refuse_if_failed()?;
+        self.store.get(key).map_err(|e| self.check_fatal(e.into()))
+    }
+
+    /// Committed entries in `[start, end)`, at most `limit`.
+    pub fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, NodeError> {
+        self.refuse_if_failed()?;
+        self.store.scan(start, end, limit).map_err(|e| self.check_fatal(e.into()))
+    }
+
+    /// In-doubt branches after `after`, at most `limit`.
+    pub fn in_doubt(&self, after: Option<&TxnId>, limit: usize) -> Vec<InDoubt> {
+        self.engine().in_doubt(after, limit)
+    }
+
+    /// Takes a checkpoint if enough records were appended since the last one.
+    pub async fn maybe_checkpoint(&self) -> Result<bool, NodeError> {
+        if self.since_checkpoint.load(Ordering::Relaxed) < self.config.checkpoint_every_records {
+            return Ok(false);
+        }
+        self.checkpoint().await.map(|()| true)
+    }
+
+    /// Writes the protocol state into the log, makes the store durable, then releases the log
+    /// below the checkpoint. Safe at any moment: a crash at any step leaves the previous
+    /// checkpoint (and every record after it) in place.
+    pub async fn checkpoint(&self) -> Result<(), NodeError> {
+        self.refuse_if_failed()?;
+        let _serial = self.checkpointing.lock().await;
+        let (begin, end) = {
+            let mut engine = self.engine();
+            let records = engine.checkpoint(now_unix_ms(), self.config.max_record_bytes);
+            let mut lsns = Vec::with_capacity(records.len());
+            for record in &records {
+                lsns.push(self.append(record).map_err(|e| self.check_fatal(e))?);
+            }
+            self.since_checkpoint.store(0, Ordering::Relaxed);
+            match (lsns.first(), lsns.last()) {
+                (Some(begin), Some(end)) => (*begin, *end),
+                _ => return Ok(()),
+            }
+        };
+        // Every commit below `begin` is either applied (and this sync makes it durable in the
+        // store) or still committing (and carried by the checkpoint).
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.sync())
+            .await
+            .map_err(|e| NodeError::Fatal(format!("store sync task: {e}")))?
+            .map_err(|e| self.check_fatal(e.into()))?;
+        self.wait_durable(end).await?;
+        self.wal.truncate_before(Lsn(begin)).map_err(|e| self.check_fatal(e.into()))?;
+        tracing::info!(participant = %self.config.name, checkpoint_lsn = begin, "checkpoint taken");
+        Ok(())
+    }
+
+    fn engine(&self) -> MutexGuard<'_, ParticipantEngine> {
+        // A panic while holding the engine lock is a broken invariant: refuse to go on.
+        match self.engine.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                tracing::error!("participant engine lock poisoned by a panic; stopping");
+                std::process::abort();
+            }
+        }
+    }
+
+    fn append(&self, record: &ParticipantRecord) -> Result<u64, NodeError> {
+        let lsn = self.wal.append(&record.encode())?;
+        self.since_checkpoint.fetch_add(1, Ordering::Relaxed);
+        Ok(lsn.0)
+    }
+
+    fn queue_apply(
+        &self,
+        txn: TxnId,
+        lsn: u64,
+        writes: Vec<Write>,
+    ) -> oneshot::Receiver<Result<(), NodeError>> {
+        let (done, receiver) = oneshot::channel();
+        // The applier only stops when the node is dropped; if it has, the receiver reports it.
+        let _ = self.applier.send(ApplyJob { txn, lsn, writes, done });
+        receiver
+    }
+
+    async fn await_apply(
+        &self,
+        done: oneshot::Receiver<Result<(), NodeError>>,
+    ) -> Result<(), NodeError> {
+        match done.await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Fatal("the applier stopped".into())),
+        }
+    }
+
+    async fn wait_durable(&self, lsn: u64) -> Result<(), NodeError> {
+        self.wal.wait_durable(Lsn(lsn)).await.map_err(|e| self.check_fatal(e.into()))
+    }
+
+    fn refuse_if_failed(&self) -> Result<(), NodeError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(NodeError::Fatal(
+                "this participant stopped after a storage failure".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Marks the node failed if `error` is fatal, and passes the error on.
+    fn check_fatal(&self, error: NodeError) -> NodeError {
+        if let NodeError::Fatal(reason) = &error
+            && !self.failed.swap(true, Ordering::AcqRel)
+        {
+            tracing::error!(participant = %self.config.name, %reason, "storage failed; stopping");
+            self.fatal.send_replace(Some(reason.clone()));
+        }
+        error
+    }
+}
+
+/// Applies committed writes once their record is durable, then releases the branch's locks.
+async fn run_applier<W: Wal, S: Store>(
+    node: Arc<Node<W, S>>,
+    mut jobs: mpsc::UnboundedReceiver<ApplyJob>,
+) {
+    let mut batch = Vec::new();
+    // `recv_many` takes whatever is queued, so one durability wait covers the whole batch.
+    while jobs.recv_many(&mut batch, 1024).await > 0 {
+        let Some(highest) = batch.iter().map(|job| job.lsn).max() else { continue };
+        let durable = node.wait_durable(highest).await;
+        for job in batch.drain(..) {
+            let result = match &durable {
+                Err(error) => Err(NodeError::Fatal(error.to_string())),
+                Ok(()) => match node.store.apply(&job.writes, job.lsn) {
+                    Ok(()) => {
+                        node.engine().commit_applied(&job.txn);
+                        Ok(())
+                    }
+                    Err(error) => Err(node.check_fatal(error.into())),
+                },
+            };
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch: the time input to the engine.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,191 @@
+//! The `concord.v1.Participant` gRPC service over a [`Node`], and the one place where node
+//! errors become gRPC statuses.
+
+use std::sync::Arc;
+
+use concord_core::limits;
+use concord_core::participant::{AbortStep, PrepareInput};
+use concord_core::types::{Epoch, TxnId};
+use concord_proto::convert;
+use concord_proto::v1;
+use concord_wal::Wal;
+use tonic::{Request, Response, Status};
+
+use crate::node::{Node, NodeError};
+use crate::store::Store;
+
+/// The gRPC face of a participant.
+pub struct ParticipantService<W: Wal, S: Store> {
+    node: Arc<Node<W, S>>,
+}
+
+impl<W: Wal, S: Store> ParticipantService<W, S> {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node<W, S>>) -> Self {
+        ParticipantService { node }
+    }
+}
+
+/// Node errors as gRPC statuses.
+fn status(error: NodeError) -> Status {
+    match error {
+        NodeError::Invalid(invalid) => convert::invalid(&invalid),
+        NodeError::WrongState(message) => Status::failed_precondition(message),
+        NodeError::Fatal(message) => Status::internal(message),
+    }
+}
+
+fn txn_id(id: &str) -> Result<TxnId, Status> {
+    TxnId::parse(id, "txn_id").map_err(|e| convert::invalid(&e))
+}
+
+fn page_size(requested: u32) -> usize {
+    match requested as usize {
+        0 => limits::DEFAULT_PAGE_SIZE,
+        n => n.min(limits::MAX_PAGE_SIZE),
+    }
+}
+
+#[tonic::async_trait]
+impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantService<W, S> {
+    async fn prepare(
+        &self,
+        request: Request<v1::PrepareRequest>,
+    ) -> Result<Response<v1::PrepareResponse>, Status> {
+        let request = request.into_inner();
+        let txn = txn_id(&request.txn_id)?;
+        let operations = convert::operations(request.operations, "operations")
+            .map_err(|e| convert::invalid(&e))?;
+        let span = tracing::debug_span!("prepare", txn_id = %txn, participant = %self.node.name());
+        let _entered = span.enter();
+        let reply = self
+            .node
+            .prepare(PrepareInput {
+                txn,
+                epoch: Epoch(request.epoch),
+                operations,
+                deadline_unix_ms: request.deadline_unix_ms,
+                one_phase: request.one_phase,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::PrepareResponse {
+            vote: Some(convert::vote_to_wire(&reply.vote)),
+            outcome: convert::outcome_to_wire(reply.outcome).into(),
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<v1::CommitRequest>,
+    ) -> Result<Response<v1::CommitResponse>, Status> {
+        let txn = txn_id(&request.get_ref().txn_id)?;
+        self.node.commit(&txn).await.map_err(status)?;
+        tracing::debug!(txn_id = %txn, participant = %self.node.name(), "committed");
+        Ok(Response::new(v1::CommitResponse {}))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<v1::AbortRequest>,
+    ) -> Result<Response<v1::AbortResponse>, Status> {
+        let txn = txn_id(&request.get_ref().txn_id)?;
+        let step = self.node.abort(&txn).map_err(status)?;
+        if step == AbortStep::Barrier {
+            tracing::info!(txn_id = %txn, participant = %self.node.name(), "abort before prepare: barrier recorded");
+        }
+        Ok(Response::new(v1::AbortResponse {}))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
+        let key = request.into_inner().key;
+        if key.is_empty() || key.len() > limits::MAX_KEY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "key: must be 1 to {} bytes, got {}",
+                limits::MAX_KEY_BYTES,
+                key.len()
+            )));
+        }
+        let entry = self.node.get(&key).map_err(status)?.map(|versioned| v1::KeyValue {
+            key,
+            value: versioned.value,
+            version: versioned.version,
+        });
+        Ok(Response::new(v1::GetResponse { entry }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<v1::ScanRequest>,
+    ) -> Result<Response<v1::ScanResponse>, Status> {
+        let request = request.into_inner();
+        for (field, key) in [("start", &request.start), ("end", &request.end)] {
+            if key.len() > limits::MAX_KEY_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: {} bytes exceeds the key limit of {}",
+                    key.len(),
+                    limits::MAX_KEY_BYTES
+                )));
+            }
+        }
+        let end = (!request.end.is_empty()).then_some(request.end.as_slice());
+        let limit = page_size(request.limit);
+        // One more than asked tells whether another page exists.
+        let mut entries = self.node.scan(&request.start, end, limit + 1).map_err(status)?;
+        let next_start = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|(key, _)| {
+                let mut next = key.clone();
+                next.push(0);
+                next
+            })
+        } else {
+            None
+        };
+        Ok(Response::new(v1::ScanResponse {
+            entries: entries
+                .into_iter()
+                .map(|(key, v)| v1::KeyValue { key, value: v.value, version: v.version })
+                .collect(),
+            next_start: next_start.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_in_doubt(
+        &self,
+        request: Request<v1::ListInDoubtRequest>,
+    ) -> Result<Response<v1::ListInDoubtResponse>, Status> {
+        let request = request.into_inner();
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                TxnId::parse(&request.page_token, "page_token")
+                    .map_err(|e| convert::invalid(&e))?,
+            )
+        };
+        let limit = page_size(request.page_size);
+        let mut branches = self.node.in_doubt(after.as_ref(), limit + 1);
+        let next_page_token = if branches.len() > limit {
+            branches.truncate(limit);
+            branches.last().map(|b| b.txn.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListInDoubtResponse {
+            branches: branches
+                .into_iter()
+                .map(|b| v1::InDoubtBranch {
+                    txn_id: b.txn.to_string(),
+                    epoch: b.epoch.0,
+                    locked_keys: b.locked,
+                    prepared_lsn: b.prepared_lsn,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+}
