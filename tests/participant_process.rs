@@ -82,13 +82,21 @@ async fn try_prepare(
     client.clone().prepare(request).await.map(tonic::Response::into_inner)
 }
 
-async fn prepare(client: &Client, txn_id: &str, operations: Vec<v1::Operation>) -> v1::PrepareResponse {
+async fn prepare(
+    client: &Client,
+    txn_id: &str,
+    operations: Vec<v1::Operation>,
+) -> v1::PrepareResponse {
     try_prepare(client, prepare_request(txn_id, operations))
         .await
         .unwrap_or_else(|status| panic!("Prepare {txn_id}: {status}"))
 }
 
-async fn one_phase(client: &Client, txn_id: &str, operations: Vec<v1::Operation>) -> v1::PrepareResponse {
+async fn one_phase(
+    client: &Client,
+    txn_id: &str,
+    operations: Vec<v1::Operation>,
+) -> v1::PrepareResponse {
     let request = v1::PrepareRequest { one_phase: true, ..prepare_request(txn_id, operations) };
     try_prepare(client, request).await.unwrap_or_else(|status| panic!("Prepare {txn_id}: {status}"))
 }
@@ -108,7 +116,8 @@ async fn commit(client: &Client, txn_id: &str) {
 async fn try_abort(client: &Client, txn_id: &str) -> Result<(), Status> {
     client
         .clone()
-        .abort(v1::AbortRequest { txn_id: txn_id.to_string(), epoch: EPOCH })
+        // The deadline is left unknown (0), as a coordinator that lost it would send.
+        .abort(v1::AbortRequest { txn_id: txn_id.to_string(), epoch: EPOCH, deadline_unix_ms: 0 })
         .await
         .map(|_| ())
 }
@@ -264,7 +273,8 @@ async fn checks_and_bounds_vote_no_and_holding_checks_vote_read_only() {
     let participant = start(dir.path()).await;
     let client = participant.client();
 
-    let setup = one_phase(&client, "setup", vec![put("acct", &counter(10)), put("text", b"hi")]).await;
+    let setup =
+        one_phase(&client, "setup", vec![put("acct", &counter(10)), put("text", b"hi")]).await;
     assert_vote(&setup, VoteKind::Yes, NoReason::Unspecified, Outcome::Committed);
     let before = get(&client, "acct").await.expect("acct was set");
 
@@ -273,7 +283,8 @@ async fn checks_and_bounds_vote_no_and_holding_checks_vote_read_only() {
         (vec![check("acct", Expect::Value(counter(9)))], NoReason::CheckFailed),
         (vec![check("acct", Expect::Absent(v1::Absent {}))], NoReason::CheckFailed),
         (vec![check("missing", Expect::Value(b"x".to_vec()))], NoReason::CheckFailed),
-        (vec![put("acct", b"x"), check("acct", Expect::Version(before.version))], NoReason::CheckFailed),
+        // A check sees the branch's own earlier writes.
+        (vec![put("acct", b"x"), check("acct", Expect::Value(counter(10)))], NoReason::CheckFailed),
         (vec![add("acct", -11, Some(0), None)], NoReason::BoundCrossed),
         (vec![add("acct", 1, None, Some(10))], NoReason::BoundCrossed),
         (vec![add("acct", i64::MAX, None, None)], NoReason::BoundCrossed),
@@ -444,9 +455,17 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
         ("no operations", with(vec![]), "operations"),
         ("65 operations", with(vec![put("k", b"v"); 65]), "operations"),
         ("empty key", with(vec![put("", b"v")]), "operations[0].key"),
-        ("key of 1025 bytes", with(vec![put("k", b"v"), put(&"k".repeat(1025), b"v")]), "operations[1].key"),
+        (
+            "key of 1025 bytes",
+            with(vec![put("k", b"v"), put(&"k".repeat(1025), b"v")]),
+            "operations[1].key",
+        ),
         ("value over 64 KiB", with(vec![put("k", &vec![7; 64 * 1024 + 1])]), "operations[0].value"),
-        ("operation with no kind", with(vec![put("k", b"v"), v1::Operation { kind: None }]), "operations[1]"),
+        (
+            "operation with no kind",
+            with(vec![put("k", b"v"), v1::Operation { kind: None }]),
+            "operations[1]",
+        ),
         (
             "check with no expectation",
             with(vec![v1::Operation {
@@ -454,11 +473,22 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
             }]),
             "operations[0].check",
         ),
-        ("lower_bound above upper_bound", with(vec![add("k", 1, Some(5), Some(4))]), "operations[0].counter_add"),
-        ("no deadline", v1::PrepareRequest { deadline_unix_ms: 0, ..with(vec![put("k", b"v")]) }, "deadline_unix_ms"),
+        (
+            "lower_bound above upper_bound",
+            with(vec![add("k", 1, Some(5), Some(4))]),
+            "operations[0].counter_add",
+        ),
+        (
+            "no deadline",
+            v1::PrepareRequest { deadline_unix_ms: 0, ..with(vec![put("k", b"v")]) },
+            "deadline_unix_ms",
+        ),
         (
             "deadline over 60 s away",
-            v1::PrepareRequest { deadline_unix_ms: now_ms() + 120_000, ..with(vec![put("k", b"v")]) },
+            v1::PrepareRequest {
+                deadline_unix_ms: now_ms() + 120_000,
+                ..with(vec![put("k", b"v")])
+            },
             "deadline_unix_ms",
         ),
     ];
@@ -502,7 +532,8 @@ async fn recover_in_doubt_branch(
     let mut participant =
         ParticipantProcess::start(root, "p1", Some(coordinator.address()), &[]).await.unwrap();
     let client = participant.client();
-    let response = prepare(&client, txn_id, vec![put("k", b"decided"), add("n", 7, None, None)]).await;
+    let response =
+        prepare(&client, txn_id, vec![put("k", b"decided"), add("n", 7, None, None)]).await;
     assert_yes(&response);
     participant.kill();
 
@@ -645,9 +676,10 @@ async fn sigterm_stops_the_participant_cleanly_and_keeps_its_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_wal_segment_in_the_middle_stops_the_participant_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let mut participant = ParticipantProcess::start(dir.path(), "p1", None, &["--segment-bytes", "4096"])
-        .await
-        .unwrap();
+    let mut participant =
+        ParticipantProcess::start(dir.path(), "p1", None, &["--segment-bytes", "4096"])
+            .await
+            .unwrap();
     let client = participant.client();
     let wal_dir = participant.wal_dir();
     // Each one-phase commit appends a record of ~600 bytes: 4096-byte segments roll quickly.
@@ -655,7 +687,8 @@ async fn corrupt_wal_segment_in_the_middle_stops_the_participant_naming_the_file
         if segments(&wal_dir).len() >= 3 {
             break;
         }
-        let response = one_phase(&client, &format!("fill-{index}"), vec![put("k", &[b'x'; 600])]).await;
+        let response =
+            one_phase(&client, &format!("fill-{index}"), vec![put("k", &[b'x'; 600])]).await;
         assert_vote(&response, VoteKind::Yes, NoReason::Unspecified, Outcome::Committed);
     }
     participant.kill();
@@ -723,7 +756,10 @@ async fn store_that_does_not_open_stops_the_participant_naming_it() {
     let stderr = process.stderr();
     assert!(!status.success(), "a store that did not open must not be served; stderr:\n{stderr}");
     assert!(!process.stdout().contains("listening on"), "it must not listen");
-    assert!(stderr.contains(&store.display().to_string()), "stderr should name the store:\n{stderr}");
+    assert!(
+        stderr.contains(&store.display().to_string()),
+        "stderr should name the store:\n{stderr}"
+    );
 }
 
 /// A second participant on a data directory already in use exits non-zero, saying so, and the

@@ -1,9 +1,1533 @@
-//! Placeholder: `concord demo` is being written.
+//! `concord demo`: the first command a newcomer runs. It starts a coordinator and three
+//! participants (`alpha`, `beta`, `gamma`) as child processes of this binary, loads bank
+//! accounts on each, runs a closed-loop workload of two-phase-commit transfers between
+//! participants with a live progress line, and then checks what 2PC promises: every unknown
+//! outcome resolves, nothing is left half-delivered, no account went negative, and no money was
+//! created or lost. It prints a summary with a PASS/FAIL verdict and stops every child it
+//! started (SIGTERM, then SIGKILL after a grace period), also when it fails midway.
+//!
+//! Children run in their own process group, so a Ctrl-C in the terminal reaches only the demo,
+//! which ends the workload cleanly and still runs the final check; a second Ctrl-C skips the
+//! check and stops the servers. `kill_on_drop` is the backstop if the demo errors or panics.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 use clap::Args;
+use concord_client::info::outcome_str;
+use concord_client::{
+    Client, ClientError, ClientOptions, ParticipantReader, RejectKind, Submitted, Transaction,
+    TxnState,
+};
+use concord_core::limits;
+use concord_core::types::{Operation, Outcome, counter};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// The participants' names, in start order.
+const PARTICIPANTS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// How long a server may take to print `listening on ADDR`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the final phase may spend resolving unknowns and waiting for delivery.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long loading one batch of accounts may take, retries included.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long workers may take to finish their in-flight transfer once told to stop (a submit's
+/// own deadline is the transaction timeout plus the client's margin, well below this).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The decision timeout of every demo transaction.
+const TXN_TIMEOUT_MS: u32 = 5_000;
+/// The deadline of reads from participants and of `get`/`list` calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at starting the cluster when the coordinator's reserved port was taken meanwhile.
+const START_ATTEMPTS: u32 = 3;
+/// Unknown outcomes remembered for resolution; reaching it stops the workload (the cluster is
+/// clearly unhealthy) rather than growing without bound.
+const MAX_UNKNOWN: usize = 100_000;
+/// Concurrent `get` calls while resolving unknowns.
+const RESOLVE_CONCURRENCY: usize = 16;
+/// Problems listed individually in the summary; the rest are counted.
+const MAX_LISTED_PROBLEMS: usize = 10;
+/// Written into the data directory so the demo only ever wipes a directory it created.
+const MARKER_FILE: &str = ".concord-demo";
+/// Account keys are `acct-0000`, `acct-0001`, ...; every one sorts within `[acct-, acct.)`.
+const KEY_PREFIX: &str = "acct-";
+/// The exclusive end of the account key range (`.` follows `-` in ASCII).
+const KEY_RANGE_END: &[u8] = b"acct.";
+/// The exit code when the user interrupted before the check could run.
+const EXIT_INTERRUPTED: u8 = 130;
+
 /// Flags of `concord demo`.
 #[derive(Args, Debug)]
-pub struct DemoArgs {}
-/// Runs the demo.
-pub async fn run(_args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::bail!("not built yet")
+pub struct DemoArgs {
+    /// Where the servers keep their data and logs (NAME.log). Wiped at start unless
+    /// --keep-data; the demo refuses a non-empty directory it did not create.
+    #[arg(long, default_value = "./concord-data/demo", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Keep the data directory's contents from a previous run.
+    #[arg(long)]
+    keep_data: bool,
+    /// Accounts per participant.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    accounts: u32,
+    /// Each account's starting balance.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
+    initial_balance: i64,
+    /// The largest amount one transfer moves (each picks 1 to this at random).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1_000_000_000_000))]
+    max_amount: i64,
+    /// Transfers in flight at once (closed loop: each client waits for its answer).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+    /// How long to run transfers: 20s, 2m, 500ms, 1m30s (Ctrl-C ends it early).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    duration: Duration,
+    /// Seed for picking accounts and amounts (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Runs the demo; exits 0 if the final check passed, 1 if not.
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let mut interrupts = Interrupts::install();
+    prepare_data_dir(&args.data_dir, args.keep_data)?;
+    let exe = std::env::current_exe().context("finding the concord binary to start servers")?;
+    let mut cluster = Cluster::default();
+    let outcome = tokio::select! {
+        outcome = run_with_cluster(&args, &exe, &mut cluster, interrupts.clone()) => outcome,
+        () = interrupts.after(0) => {
+            eprintln!("\ninterrupted before the workload ran: stopping the servers");
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    };
+    if !cluster.is_empty() {
+        eprintln!("stopping the servers...");
+    }
+    for note in cluster.stop().await {
+        eprintln!("  {note}");
+    }
+    outcome
+}
+
+/// Everything between starting the servers and the verdict.
+async fn run_with_cluster(
+    args: &DemoArgs,
+    exe: &Path,
+    cluster: &mut Cluster,
+    mut interrupts: Interrupts,
+) -> anyhow::Result<ExitCode> {
+    eprintln!("concord demo: data and logs in {}", args.data_dir.display());
+    cluster.start(exe, &args.data_dir).await?;
+    for server in cluster.servers() {
+        eprintln!("  {:<22} {}", server.label, server.address);
+    }
+    let coordinator = cluster.coordinator_address()?;
+    let client = Client::connect_with(
+        &coordinator.to_string(),
+        ClientOptions { call_timeout: CALL_TIMEOUT, ..ClientOptions::default() },
+    )?;
+    let mut readers = Vec::with_capacity(PARTICIPANTS.len());
+    for server in &cluster.participants {
+        readers.push((
+            server.name.clone(),
+            ParticipantReader::connect(&server.address.to_string(), CALL_TIMEOUT)?,
+        ));
+    }
+    let bank = Bank {
+        accounts: args.accounts,
+        initial_balance: args.initial_balance,
+        max_amount: args.max_amount,
+    };
+    let run_id = run_id();
+    eprintln!(
+        "loading {} accounts ({} per participant, balance {} each)...",
+        thousands(u64::from(bank.accounts) * PARTICIPANTS.len() as u64),
+        thousands(u64::from(bank.accounts)),
+        thousands(bank.initial_balance.unsigned_abs())
+    );
+    load_accounts(&client, &bank, &run_id).await?;
+    let before = read_balances(&readers, &bank).await;
+    if !before.problems.is_empty() {
+        anyhow::bail!(
+            "the accounts did not load as expected: {}",
+            before.problems.first().map_or("", String::as_str)
+        );
+    }
+
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    eprintln!(
+        "running transfers for {} with {} concurrent clients (seed {seed}; Ctrl-C ends early)",
+        format_duration(args.duration),
+        args.concurrency
+    );
+    let workload = run_workload(
+        &client,
+        &bank,
+        &run_id,
+        args.concurrency,
+        args.duration,
+        seed,
+        &mut interrupts,
+    )
+    .await;
+
+    // The final phase: a further Ctrl-C skips it.
+    let seen = interrupts.count();
+    tokio::select! {
+        verdict = finish(&client, &readers, &bank, &before, workload, cluster) => verdict,
+        () = interrupts.after(seen) => {
+            eprintln!("\ninterrupted again: skipping the final check");
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}
+
+// ───────────────────────────── Data directory ─────────────────────────────
+
+/// Creates (or wipes, unless `keep`) the data directory, refusing one the demo did not create.
+fn prepare_data_dir(dir: &Path, keep: bool) -> anyhow::Result<()> {
+    let marker = dir.join(MARKER_FILE);
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("--data-dir {}: cannot read it", dir.display()))?
+            .next()
+            .is_none();
+        if !empty && !marker.exists() {
+            anyhow::bail!(
+                "--data-dir {}: the directory exists and was not created by `concord demo` (it \
+                 has no {MARKER_FILE} file), so the demo will not wipe it; choose another \
+                 directory or remove it yourself",
+                dir.display()
+            );
+        }
+        if !empty && !keep {
+            std::fs::remove_dir_all(dir).with_context(|| {
+                format!("--data-dir {}: wiping the previous run", dir.display())
+            })?;
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--data-dir {}: cannot create it", dir.display()))?;
+    std::fs::write(
+        &marker,
+        "Created by `concord demo`, which wipes this directory at start unless --keep-data.\n",
+    )
+    .with_context(|| format!("--data-dir {}: cannot write {MARKER_FILE}", dir.display()))?;
+    Ok(())
+}
+
+// ───────────────────────────── Child processes ─────────────────────────────
+
+/// One server the demo started.
+struct Server {
+    /// For messages: `participant alpha`, `coordinator`.
+    label: String,
+    /// The participant's name, or `coordinator`.
+    name: String,
+    /// Where it listens, from its `listening on` line.
+    address: SocketAddr,
+    /// The process; never reaped until we stop it, so its pid cannot be reused meanwhile.
+    child: Child,
+    /// Its stderr.
+    log: PathBuf,
+}
+
+/// The servers the demo started; every one is stopped by [`Cluster::stop`], or killed when
+/// dropped (`kill_on_drop`) if the demo fails before that.
+#[derive(Default)]
+struct Cluster {
+    /// The participants, in [`PARTICIPANTS`] order.
+    participants: Vec<Server>,
+    /// The coordinator, once started.
+    coordinator: Option<Server>,
+}
+
+impl Cluster {
+    fn is_empty(&self) -> bool {
+        self.participants.is_empty() && self.coordinator.is_none()
+    }
+
+    fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.participants.iter().chain(self.coordinator.as_ref())
+    }
+
+    fn coordinator_address(&self) -> anyhow::Result<SocketAddr> {
+        self.coordinator.as_ref().map(|server| server.address).context("no coordinator running")
+    }
+
+    /// Starts the participants, then the coordinator on a port reserved before the
+    /// participants started (they need it on their command line). If that port was taken in
+    /// the moment between releasing and binding it, starts over with a new one.
+    async fn start(&mut self, exe: &Path, data_dir: &Path) -> anyhow::Result<()> {
+        for attempt in 1..=START_ATTEMPTS {
+            let reservation = std::net::TcpListener::bind("127.0.0.1:0")
+                .context("reserving a port for the coordinator")?;
+            let coordinator_address = reservation.local_addr()?;
+            for name in PARTICIPANTS {
+                let args: Vec<OsString> = vec![
+                    "participant".into(),
+                    "--listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--data-dir".into(),
+                    data_dir.join(name).into(),
+                    "--name".into(),
+                    name.into(),
+                    "--coordinator".into(),
+                    coordinator_address.to_string().into(),
+                ];
+                let server =
+                    start_server(exe, format!("participant {name}"), name, args, data_dir).await?;
+                self.participants.push(server);
+            }
+            let mut args: Vec<OsString> = vec![
+                "coordinator".into(),
+                "--listen".into(),
+                coordinator_address.to_string().into(),
+                "--data-dir".into(),
+                data_dir.join("coordinator").into(),
+            ];
+            for server in &self.participants {
+                args.push("--participant".into());
+                args.push(format!("{}={}", server.name, server.address).into());
+            }
+            drop(reservation);
+            match start_server(exe, "coordinator".to_string(), "coordinator", args, data_dir).await
+            {
+                Ok(server) => {
+                    self.coordinator = Some(server);
+                    return Ok(());
+                }
+                Err(error)
+                    if attempt < START_ATTEMPTS
+                        && format!("{error:#}").to_ascii_lowercase().contains("in use") =>
+                {
+                    tracing::warn!(%error, attempt, "the coordinator's port was taken; retrying");
+                    for note in self.stop().await {
+                        tracing::warn!("{note}");
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        anyhow::bail!("could not start the coordinator on a free port in {START_ATTEMPTS} attempts")
+    }
+
+    /// Stops every server (the coordinator first, so it stops sending), each by its own pid.
+    /// Returns notes about servers that did not stop cleanly.
+    async fn stop(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let servers: Vec<Server> =
+            self.coordinator.take().into_iter().chain(self.participants.drain(..)).collect();
+        for server in servers {
+            notes.extend(server.stop().await);
+        }
+        notes
+    }
+
+    /// Servers that have exited on their own, with how they ended.
+    fn exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for server in self.participants.iter_mut().chain(self.coordinator.as_mut()) {
+            match server.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => exited.push(format!(
+                    "{} exited ({status}); see {}",
+                    server.label,
+                    server.log.display()
+                )),
+                Err(error) => exited.push(format!("{}: cannot check it: {error}", server.label)),
+            }
+        }
+        exited
+    }
+}
+
+impl Server {
+    /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL. `None` if it stopped cleanly.
+    async fn stop(mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                return Some(format!("{} had already exited ({status})", self.label));
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, server = %self.label, "cannot check the server"),
+        }
+        // The child is not reaped yet (try_wait said it runs), so this pid is still ours.
+        if let Some(pid) = self.child.id() {
+            let signalled = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|status| status.success());
+            if signalled {
+                match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+                    Ok(Ok(status)) if status.success() => return None,
+                    Ok(Ok(status)) => {
+                        return Some(format!(
+                            "{} exited with {status} after SIGTERM; see {}",
+                            self.label,
+                            self.log.display()
+                        ));
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, server = %self.label, "waiting for the server");
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if let Err(error) = self.child.kill().await {
+            return Some(format!("{}: could not kill it: {error}", self.label));
+        }
+        Some(format!("{} did not stop within {STOP_GRACE:?} of SIGTERM; killed", self.label))
+    }
+}
+
+/// How a server's start ended.
+enum Readiness {
+    Listening(String),
+    Exited(std::io::Result<std::process::ExitStatus>),
+}
+
+/// Starts `exe args` with stderr appended to `DATA_DIR/NAME.log` and waits for its
+/// `listening on ADDR` line.
+async fn start_server(
+    exe: &Path,
+    label: String,
+    name: &str,
+    args: Vec<OsString>,
+    data_dir: &Path,
+) -> anyhow::Result<Server> {
+    let log = data_dir.join(format!("{name}.log"));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut command = Command::new(exe);
+    command
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file))
+        .kill_on_drop(true)
+        // Its own process group: a Ctrl-C in the terminal reaches only the demo, which then
+        // stops the servers in order.
+        .process_group(0);
+    // The servers read their settings from CONCORD_* variables too; the demo's flags must be
+    // the whole configuration.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CONCORD_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command.spawn().with_context(|| format!("starting the {label}"))?;
+    let stdout = child.stdout.take().context("the child's stdout was not captured")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let waited = tokio::time::timeout(READY_TIMEOUT, async {
+        loop {
+            let line = tokio::select! {
+                line = lines.next_line() => line,
+                status = child.wait() => return Readiness::Exited(status),
+            };
+            match line {
+                Ok(Some(line)) => {
+                    if let Some(address) = line.trim().strip_prefix("listening on ") {
+                        return Readiness::Listening(address.to_string());
+                    }
+                }
+                // Stdout closed: the process is on its way out.
+                Ok(None) | Err(_) => return Readiness::Exited(child.wait().await),
+            }
+        }
+    })
+    .await;
+    let address = match waited {
+        Ok(Readiness::Listening(address)) => address,
+        Ok(Readiness::Exited(status)) => {
+            let status = status.map_or_else(|error| error.to_string(), |s| s.to_string());
+            anyhow::bail!(
+                "the {label} exited before it was ready ({status}); the end of {}:\n{}",
+                log.display(),
+                log_tail(&log)
+            );
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            anyhow::bail!(
+                "the {label} did not print \"listening on\" within {READY_TIMEOUT:?}; the end of \
+                 {}:\n{}",
+                log.display(),
+                log_tail(&log)
+            );
+        }
+    };
+    let address: SocketAddr = match address.parse() {
+        Ok(address) => address,
+        Err(error) => {
+            let _ = child.kill().await;
+            anyhow::bail!("the {label} announced an unusable address {address:?}: {error}");
+        }
+    };
+    // Keep reading stdout so the server never blocks on (or fails) a write to it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Server { label, name: name.to_string(), address, child, log })
+}
+
+/// The last lines of a log file, indented, for error messages.
+fn log_tail(path: &Path) -> String {
+    const TAIL_BYTES: usize = 4096;
+    const TAIL_LINES: usize = 12;
+    let Ok(bytes) = std::fs::read(path) else {
+        return "    (no log)".to_string();
+    };
+    let start = bytes.len().saturating_sub(TAIL_BYTES);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
+    if tail.is_empty() {
+        return "    (empty)".to_string();
+    }
+    tail.iter().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
+}
+
+// ───────────────────────────── Interrupts ─────────────────────────────
+
+/// Counts Ctrl-C (and SIGTERM) presses, so each phase can react to the ones it cares about.
+#[derive(Clone)]
+struct Interrupts {
+    /// The number of interrupts so far.
+    count: watch::Receiver<u32>,
+}
+
+impl Interrupts {
+    /// Starts listening. From here on Ctrl-C no longer kills the demo: the phases decide.
+    fn install() -> Interrupts {
+        let (sender, count) = watch::channel(0u32);
+        tokio::spawn(async move {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            loop {
+                let received = tokio::select! {
+                    result = tokio::signal::ctrl_c() => result.is_ok(),
+                    () = async {
+                        match terminate.as_mut() {
+                            Some(signal) => { signal.recv().await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => true,
+                };
+                if !received {
+                    tracing::warn!("cannot listen for Ctrl-C");
+                    return;
+                }
+                sender.send_modify(|count| *count = count.saturating_add(1));
+            }
+        });
+        Interrupts { count }
+    }
+
+    /// Interrupts so far.
+    fn count(&self) -> u32 {
+        *self.count.borrow()
+    }
+
+    /// Resolves once more than `seen` interrupts have arrived (never, if signals are not
+    /// available).
+    async fn after(&mut self, seen: u32) {
+        loop {
+            if *self.count.borrow_and_update() > seen {
+                return;
+            }
+            if self.count.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+// ───────────────────────────── The bank ─────────────────────────────
+
+/// The accounts and the workload's shape.
+#[derive(Clone, Copy, Debug)]
+struct Bank {
+    /// Accounts per participant.
+    accounts: u32,
+    /// Each account's starting balance.
+    initial_balance: i64,
+    /// The largest transfer.
+    max_amount: i64,
+}
+
+impl Bank {
+    /// The money in the system: it must never change.
+    fn expected_total(&self) -> i128 {
+        i128::from(self.accounts) * PARTICIPANTS.len() as i128 * i128::from(self.initial_balance)
+    }
+}
+
+fn account_key(index: u32) -> Vec<u8> {
+    format!("{KEY_PREFIX}{index:04}").into_bytes()
+}
+
+/// A prefix for this run's transaction ids, unique across runs (ids are idempotency keys, and
+/// with --keep-data the coordinator remembers earlier runs' ids).
+fn run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis());
+    format!("demo-{now:x}-{:x}", std::process::id())
+}
+
+/// Loads every account with its initial balance: one transaction per batch, one branch per
+/// participant, at most [`limits::MAX_OPERATIONS_PER_BRANCH`] operations per branch.
+async fn load_accounts(client: &Client, bank: &Bank, run_id: &str) -> anyhow::Result<()> {
+    let batch_size = u32::try_from(limits::MAX_OPERATIONS_PER_BRANCH).unwrap_or(u32::MAX);
+    for batch in 0..bank.accounts.div_ceil(batch_size) {
+        let first = batch * batch_size;
+        let last = (first + batch_size).min(bank.accounts);
+        let mut txn = Transaction::new()
+            .with_txn_id(format!("{run_id}-load-{batch}"))
+            .with_timeout_ms(TXN_TIMEOUT_MS);
+        for name in PARTICIPANTS {
+            txn = txn.with_branch(
+                name,
+                (first..last).map(|index| Operation::Put {
+                    key: account_key(index),
+                    value: counter::encode(bank.initial_balance),
+                }),
+            );
+        }
+        let submitted = submit_until_decided(client, &txn).await?;
+        if submitted.outcome != Outcome::Committed {
+            anyhow::bail!(
+                "loading accounts: txn {} aborted: {}",
+                submitted.txn_id,
+                submitted
+                    .abort
+                    .map_or_else(|| "no cause given".to_string(), |cause| cause.to_string())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Submits `txn` (which has an id) until the coordinator gives a decision, resubmitting the
+/// same id after an unknown outcome: the coordinator never runs an id twice.
+async fn submit_until_decided(client: &Client, txn: &Transaction) -> anyhow::Result<Submitted> {
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let last = match client.submit(txn).await {
+            Ok(submitted) if submitted.outcome != Outcome::Pending => return Ok(submitted),
+            Ok(_) => "still pending".to_string(),
+            Err(error) if error.is_outcome_unknown() => error.to_string(),
+            Err(error) => return Err(error.into()),
+        };
+        if Instant::now() + delay > deadline {
+            anyhow::bail!(
+                "txn {} got no decision within {LOAD_TIMEOUT:?}: {last}",
+                txn.txn_id().unwrap_or("?")
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// The balances as read from every participant.
+#[derive(Debug, Default)]
+struct Balances {
+    /// The sum of every account read.
+    total: i128,
+    /// Accounts read.
+    accounts: u64,
+    /// The lowest balance seen.
+    lowest: Option<i64>,
+    /// Negative balances seen.
+    negative: u64,
+    /// Participants that could not be read.
+    unreachable: Vec<String>,
+    /// Everything wrong, the first [`MAX_LISTED_PROBLEMS`] spelled out.
+    problems: Vec<String>,
+    /// Problems beyond those listed.
+    more_problems: u64,
+}
+
+impl Balances {
+    fn problem(&mut self, problem: String) {
+        if self.problems.len() < MAX_LISTED_PROBLEMS {
+            self.problems.push(problem);
+        } else {
+            self.more_problems += 1;
+        }
+    }
+}
+
+/// Reads every account through each participant's Scan.
+async fn read_balances(readers: &[(String, ParticipantReader)], bank: &Bank) -> Balances {
+    let mut balances = Balances::default();
+    // Room for the accounts plus strays from an earlier run kept with --keep-data.
+    let max_entries = bank.accounts as usize + limits::MAX_PAGE_SIZE;
+    for (name, reader) in readers {
+        let page = match reader.scan(KEY_PREFIX.as_bytes(), KEY_RANGE_END, max_entries).await {
+            Ok(page) => page,
+            Err(error) => {
+                balances.unreachable.push(name.clone());
+                balances.problem(format!("participant {name}: cannot read balances: {error}"));
+                continue;
+            }
+        };
+        if page.next_start.is_some() {
+            balances.problem(format!("participant {name}: more than {max_entries} account keys"));
+        }
+        let entries: BTreeMap<Vec<u8>, Vec<u8>> =
+            page.entries.into_iter().map(|entry| (entry.key, entry.value)).collect();
+        for index in 0..bank.accounts {
+            let key = account_key(index);
+            let shown = String::from_utf8_lossy(&key).into_owned();
+            let Some(value) = entries.get(&key) else {
+                balances.problem(format!("participant {name}: account {shown} is missing"));
+                continue;
+            };
+            let Some(balance) = counter::decode(value) else {
+                balances.problem(format!("participant {name}: account {shown} is not a counter"));
+                continue;
+            };
+            balances.accounts += 1;
+            balances.total += i128::from(balance);
+            balances.lowest = Some(balances.lowest.map_or(balance, |lowest| lowest.min(balance)));
+            if balance < 0 {
+                balances.negative += 1;
+                balances.problem(format!("participant {name}: account {shown} is at {balance}"));
+            }
+        }
+    }
+    balances
+}
+
+// ───────────────────────────── The workload ─────────────────────────────
+
+/// What the workload saw, shared by the workers.
+#[derive(Default)]
+struct Stats {
+    /// Transfers that committed.
+    committed: u64,
+    /// Aborted transfers by cause label (a small, fixed set of names).
+    aborted: BTreeMap<&'static str, u64>,
+    /// Transfers whose outcome is unknown, to resolve at the end (at most [`MAX_UNKNOWN`]).
+    unknown: Vec<String>,
+    /// Transfers refused as overloaded (nothing happened; retried later).
+    overloaded: u64,
+    /// Why the workload stopped early, if it did.
+    fatal: Option<String>,
+    /// Latency of every answered transfer.
+    latency: Histogram,
+    /// Latency of transfers answered since the last progress line.
+    interval: Histogram,
+}
+
+impl Stats {
+    fn aborted_total(&self) -> u64 {
+        self.aborted.values().sum()
+    }
+
+    fn completed(&self) -> u64 {
+        self.committed + self.aborted_total() + self.unknown.len() as u64
+    }
+}
+
+fn lock(stats: &Mutex<Stats>) -> MutexGuard<'_, Stats> {
+    // A worker that panicked mid-update leaves counts that are still the best we have.
+    stats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the workload did.
+struct WorkloadReport {
+    stats: Stats,
+    elapsed: Duration,
+    interrupted: bool,
+}
+
+/// Runs `concurrency` closed-loop clients of random transfers until `duration` passes, an
+/// interrupt arrives, or a client hits a fatal error; prints a progress line every second.
+async fn run_workload(
+    client: &Client,
+    bank: &Bank,
+    run_id: &str,
+    concurrency: u32,
+    duration: Duration,
+    seed: u64,
+    interrupts: &mut Interrupts,
+) -> WorkloadReport {
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut seeds = Prng::new(seed);
+    let mut workers = JoinSet::new();
+    for worker in 0..concurrency {
+        workers.spawn(run_worker(
+            client.clone(),
+            *bank,
+            format!("{run_id}-w{worker}"),
+            Prng::new(seeds.next_u64()),
+            Arc::clone(&stats),
+            Arc::clone(&stop),
+        ));
+    }
+    let started = Instant::now();
+    let terminal = std::io::stderr().is_terminal();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // The first tick is immediate.
+    let end = tokio::time::sleep(duration);
+    tokio::pin!(end);
+    let mut last_completed = 0u64;
+    let mut last_tick = started;
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                let line = {
+                    let mut stats = lock(&stats);
+                    let completed = stats.completed();
+                    let rate = (completed - last_completed) as f64
+                        / now.duration_since(last_tick).as_secs_f64().max(1e-3);
+                    last_completed = completed;
+                    let line = progress_line(started.elapsed(), rate, &stats);
+                    stats.interval = Histogram::default();
+                    line
+                };
+                last_tick = now;
+                if terminal {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            () = &mut end => break,
+            () = interrupts.after(0) => {
+                interrupted = true;
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    if terminal {
+        eprintln!();
+    }
+    if interrupted {
+        eprintln!("interrupted: finishing the transfers in flight (Ctrl-C again skips the check)");
+    }
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(joined) = workers.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!(%error, "a workload client failed");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        // Unreachable in practice (every submit has a deadline); the transfers cut off here
+        // are still settled by the coordinator and covered by the wait for delivery.
+        eprintln!("some transfers did not finish within {DRAIN_TIMEOUT:?}; abandoning them");
+        workers.shutdown().await;
+    }
+    let stats = std::mem::take(&mut *lock(&stats));
+    WorkloadReport { stats, elapsed, interrupted }
+}
+
+/// One closed-loop client: submit a transfer, wait for the answer, record it, repeat.
+async fn run_worker(
+    client: Client,
+    bank: Bank,
+    id_prefix: String,
+    mut rng: Prng,
+    shared: Arc<Mutex<Stats>>,
+    stop: Arc<AtomicBool>,
+) {
+    let participants = PARTICIPANTS.len() as u64;
+    let mut sequence = 0u64;
+    let mut backoff = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let from = rng.below(participants) as usize;
+        let to = (from + 1 + rng.below(participants - 1) as usize) % PARTICIPANTS.len();
+        // `below` returns less than its argument, which here fits in u32 / i64.
+        let source = account_key(rng.below(u64::from(bank.accounts)) as u32);
+        let destination = account_key(rng.below(u64::from(bank.accounts)) as u32);
+        let amount = 1 + rng.below(bank.max_amount.unsigned_abs()) as i64;
+        let txn_id = format!("{id_prefix}-{sequence}");
+        let txn = Transaction::new()
+            .with_txn_id(txn_id.clone())
+            .with_timeout_ms(TXN_TIMEOUT_MS)
+            .with_branch(
+                PARTICIPANTS[from],
+                [Operation::CounterAdd {
+                    key: source,
+                    delta: -amount,
+                    lower_bound: Some(0),
+                    upper_bound: None,
+                }],
+            )
+            .with_branch(
+                PARTICIPANTS[to],
+                [Operation::CounterAdd {
+                    key: destination,
+                    delta: amount,
+                    lower_bound: None,
+                    upper_bound: None,
+                }],
+            );
+        let started = Instant::now();
+        let result = client.submit(&txn).await;
+        let latency = started.elapsed();
+        let mut unknown = false;
+        {
+            let mut stats = lock(&shared);
+            match result {
+                Ok(submitted) => match submitted.outcome {
+                    Outcome::Committed => {
+                        stats.committed += 1;
+                        stats.latency.record(latency);
+                        stats.interval.record(latency);
+                        backoff = Duration::ZERO;
+                    }
+                    Outcome::Aborted => {
+                        let label = submitted.abort.as_ref().map_or("unspecified", |c| c.label());
+                        *stats.aborted.entry(label).or_insert(0) += 1;
+                        stats.latency.record(latency);
+                        stats.interval.record(latency);
+                        backoff = Duration::ZERO;
+                    }
+                    Outcome::Pending => unknown = true,
+                },
+                Err(error) if error.is_outcome_unknown() => {
+                    tracing::debug!(%error, "transfer outcome unknown");
+                    unknown = true;
+                }
+                Err(ClientError::Rejected { kind: RejectKind::ResourceExhausted, .. }) => {
+                    stats.overloaded += 1;
+                    backoff = next_backoff(backoff);
+                }
+                Err(error) => {
+                    stats.fatal.get_or_insert_with(|| format!("a transfer was refused: {error}"));
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            if unknown {
+                if stats.unknown.len() < MAX_UNKNOWN {
+                    stats.unknown.push(txn_id);
+                }
+                if stats.unknown.len() >= MAX_UNKNOWN {
+                    stats.fatal.get_or_insert_with(|| {
+                        format!("{MAX_UNKNOWN} transfers have an unknown outcome; stopping")
+                    });
+                    stop.store(true, Ordering::Relaxed);
+                }
+                // A coordinator that does not answer is given room rather than a spinning client.
+                backoff = next_backoff(backoff);
+            }
+        }
+        if !backoff.is_zero() && !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+/// Doubles a backoff, from 50 ms up to 1 s, so a client facing an unreachable coordinator
+/// does not spin.
+fn next_backoff(backoff: Duration) -> Duration {
+    (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+fn progress_line(elapsed: Duration, rate: f64, stats: &Stats) -> String {
+    let mut line = format!(
+        "{:>6.1}s  {:>7} transfers/s  committed {}  aborted {}",
+        elapsed.as_secs_f64(),
+        thousands(rate.round() as u64),
+        thousands(stats.committed),
+        thousands(stats.aborted_total())
+    );
+    if !stats.aborted.is_empty() {
+        line.push_str(&format!(" ({})", aborted_breakdown(&stats.aborted)));
+    }
+    line.push_str(&format!("  unknown {}", thousands(stats.unknown.len() as u64)));
+    if stats.overloaded > 0 {
+        line.push_str(&format!("  overloaded {}", thousands(stats.overloaded)));
+    }
+    match (stats.interval.quantile(0.5), stats.interval.quantile(0.99)) {
+        (Some(p50), Some(p99)) => {
+            line.push_str(&format!("  p50 {}  p99 {}", format_ms(p50), format_ms(p99)));
+        }
+        _ => line.push_str("  p50 -  p99 -"),
+    }
+    line
+}
+
+fn aborted_breakdown(aborted: &BTreeMap<&'static str, u64>) -> String {
+    aborted
+        .iter()
+        .map(|(label, count)| format!("{label} {}", thousands(*count)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+// ───────────────────────────── The final check ─────────────────────────────
+
+/// How the unknown outcomes resolved.
+#[derive(Default)]
+struct Resolution {
+    committed: u64,
+    aborted: u64,
+    /// Ids that could not be resolved, with the last error (the first few).
+    unresolved: Vec<(String, String)>,
+    unresolved_count: u64,
+}
+
+/// Asks for every unknown outcome with `fence_unknown`, so an id the coordinator never saw is
+/// recorded as aborted and can never commit later.
+async fn resolve_unknowns(client: &Client, ids: Vec<String>, deadline: Instant) -> Resolution {
+    let mut resolution = Resolution::default();
+    let mut ids = ids.into_iter();
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() < RESOLVE_CONCURRENCY {
+            let Some(txn_id) = ids.next() else { break };
+            running.spawn(resolve_one(client.clone(), txn_id, deadline));
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (txn_id, result) = match joined {
+            Ok(answer) => answer,
+            Err(error) => ("?".to_string(), Err(format!("the resolving task failed: {error}"))),
+        };
+        match result {
+            Ok(Outcome::Committed) => resolution.committed += 1,
+            Ok(_) => resolution.aborted += 1,
+            Err(error) => {
+                resolution.unresolved_count += 1;
+                if resolution.unresolved.len() < MAX_LISTED_PROBLEMS {
+                    resolution.unresolved.push((txn_id, error));
+                }
+            }
+        }
+    }
+    resolution
+}
+
+/// Asks for one outcome until it is decided or the deadline passes.
+async fn resolve_one(
+    client: Client,
+    txn_id: String,
+    deadline: Instant,
+) -> (String, Result<Outcome, String>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let last = match client.get(&txn_id, true).await {
+            Ok(info) if info.outcome != Outcome::Pending => return (txn_id, Ok(info.outcome)),
+            Ok(info) => format!("still {}", outcome_str(info.outcome)),
+            Err(error) if error.is_rejected() => return (txn_id, Err(error.to_string())),
+            Err(error) => error.to_string(),
+        };
+        if Instant::now() + delay > deadline {
+            return (txn_id, Err(last));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// What the wait for delivery found.
+struct Settled {
+    committing_left: Result<usize, String>,
+    preparing_left: Result<usize, String>,
+}
+
+/// Waits until the coordinator lists nothing committing (every commit delivered) and nothing
+/// preparing, or the deadline passes.
+async fn settle(client: &Client, deadline: Instant) -> Settled {
+    loop {
+        let committing = count_in_state(client, TxnState::Committing).await;
+        let preparing = count_in_state(client, TxnState::Preparing).await;
+        let settled = matches!((&committing, &preparing), (Ok(0), Ok(0)));
+        if settled || Instant::now() >= deadline {
+            return Settled { committing_left: committing, preparing_left: preparing };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Transactions in `state` on the first page (enough to tell "none" from "some").
+async fn count_in_state(client: &Client, state: TxnState) -> Result<usize, String> {
+    let page = client.list(Some(state), 100, "").await.map_err(|error| error.to_string())?;
+    Ok(page.transactions.len())
+}
+
+/// One line of the verdict.
+struct Check {
+    passed: bool,
+    what: String,
+}
+
+/// Resolves, settles, reads, checks and prints the summary.
+#[allow(clippy::print_stdout)]
+async fn finish(
+    client: &Client,
+    readers: &[(String, ParticipantReader)],
+    bank: &Bank,
+    before: &Balances,
+    workload: WorkloadReport,
+    cluster: &mut Cluster,
+) -> anyhow::Result<ExitCode> {
+    let stats = &workload.stats;
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    if !stats.unknown.is_empty() {
+        eprintln!("resolving {} unknown outcomes...", thousands(stats.unknown.len() as u64));
+    }
+    let resolution = resolve_unknowns(client, stats.unknown.clone(), deadline).await;
+    eprintln!("waiting for every commit to be delivered...");
+    let settled = settle(client, deadline).await;
+    eprintln!("reading every balance...");
+    let after = read_balances(readers, bank).await;
+    let exited = cluster.exited();
+
+    let expected = bank.expected_total();
+    let mut checks = Vec::new();
+    let mut check = |passed: bool, what: String| checks.push(Check { passed, what });
+    check(
+        after.unreachable.is_empty(),
+        if after.unreachable.is_empty() {
+            "every participant reachable".to_string()
+        } else {
+            format!("participants unreachable: {}", after.unreachable.join(", "))
+        },
+    );
+    let all_accounts = u64::from(bank.accounts) * PARTICIPANTS.len() as u64;
+    check(
+        after.accounts == all_accounts,
+        format!("{} of {} accounts read", thousands(after.accounts), thousands(all_accounts)),
+    );
+    check(after.negative == 0, format!("{} negative balances", after.negative));
+    check(
+        before.total == expected,
+        format!(
+            "total before the workload {} (expected {})",
+            signed(before.total),
+            signed(expected)
+        ),
+    );
+    check(
+        after.total == expected,
+        format!("total after the workload {} (expected {})", signed(after.total), signed(expected)),
+    );
+    check(
+        resolution.unresolved_count == 0,
+        format!(
+            "{} of {} unknown outcomes resolved",
+            thousands(resolution.committed + resolution.aborted),
+            thousands(stats.unknown.len() as u64)
+        ),
+    );
+    check(
+        matches!(settled.committing_left, Ok(0)),
+        match &settled.committing_left {
+            Ok(0) => "every commit delivered (nothing committing)".to_string(),
+            Ok(left) => format!("{left} transactions still committing after {SETTLE_TIMEOUT:?}"),
+            Err(error) => format!("cannot list committing transactions: {error}"),
+        },
+    );
+    check(
+        exited.is_empty(),
+        if exited.is_empty() {
+            "every server still running".to_string()
+        } else {
+            exited.join("; ")
+        },
+    );
+    if let Some(fatal) = &stats.fatal {
+        check(false, format!("the workload stopped early: {fatal}"));
+    }
+    let passed = checks.iter().all(|check| check.passed);
+
+    let answered = stats.committed + stats.aborted_total();
+    let submitted = answered + stats.unknown.len() as u64;
+    let seconds = workload.elapsed.as_secs_f64().max(1e-3);
+    println!();
+    println!("Concord demo summary");
+    println!(
+        "  transfers   {} in {:.1} s ({} per second){}",
+        thousands(submitted),
+        seconds,
+        thousands((submitted as f64 / seconds).round() as u64),
+        if workload.interrupted { ", ended by Ctrl-C" } else { "" }
+    );
+    println!("  committed   {}", thousands(stats.committed));
+    if stats.aborted.is_empty() {
+        println!("  aborted     0");
+    } else {
+        println!(
+            "  aborted     {} ({})",
+            thousands(stats.aborted_total()),
+            aborted_breakdown(&stats.aborted)
+        );
+    }
+    println!(
+        "  unknown     {}, resolved as {} committed and {} aborted{}",
+        thousands(stats.unknown.len() as u64),
+        thousands(resolution.committed),
+        thousands(resolution.aborted),
+        if resolution.unresolved_count > 0 {
+            format!(", {} unresolved", thousands(resolution.unresolved_count))
+        } else {
+            String::new()
+        }
+    );
+    for (txn_id, error) in &resolution.unresolved {
+        println!("                unresolved {txn_id}: {error}");
+    }
+    if stats.overloaded > 0 {
+        println!("  overloaded  {} (refused, nothing happened)", thousands(stats.overloaded));
+    }
+    match (stats.latency.quantile(0.5), stats.latency.quantile(0.99), stats.latency.max()) {
+        (Some(p50), Some(p99), Some(max)) => println!(
+            "  latency     p50 {}  p99 {}  max {}",
+            format_ms(p50),
+            format_ms(p99),
+            format_ms(max)
+        ),
+        _ => println!("  latency     no answered transfers"),
+    }
+    println!(
+        "  balances    {} accounts; total {} before, {} after; lowest {}",
+        thousands(after.accounts),
+        signed(before.total),
+        signed(after.total),
+        after.lowest.map_or_else(|| "-".to_string(), |lowest| signed(i128::from(lowest)))
+    );
+    if let Ok(left) = settled.preparing_left
+        && left > 0
+    {
+        println!("  note        {left} transactions still preparing at the coordinator");
+    }
+    println!("  checks");
+    for check in &checks {
+        println!("    {}  {}", if check.passed { "ok  " } else { "FAIL" }, check.what);
+    }
+    for problem in &after.problems {
+        println!("          {problem}");
+    }
+    if after.more_problems > 0 {
+        println!("          and {} more", after.more_problems);
+    }
+    println!("  verdict     {}", if passed { "PASS" } else { "FAIL" });
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+// ───────────────────────────── Small tools ─────────────────────────────
+
+/// xorshift64* (Vigna): tiny, fast, and good enough for picking accounts. Not for secrets.
+#[derive(Clone, Debug)]
+struct Prng(u64);
+
+impl Prng {
+    /// A generator from `seed`, spread with splitmix64 so nearby seeds differ (and the state is
+    /// never the all-zero fixed point).
+    fn new(seed: u64) -> Prng {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        Prng(if z == 0 { 0x9E37_79B9_7F4A_7C15 } else { z })
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..bound` (0 if `bound` is 0), by multiply-shift (Lemire).
+    fn below(&mut self, bound: u64) -> u64 {
+        // The product's high half is below `bound`, so it fits in u64.
+        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+    }
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// Sub-buckets per power of two: quantiles are within about 6% of the true value.
+const SUB_BUCKETS: u64 = 16;
+/// Buckets: exact below 16 µs, then 16 per power of two up to 2^64 µs.
+const BUCKETS: usize = 16 + 60 * 16;
+
+/// A fixed-size log-linear latency histogram in microseconds: bounded memory however long the
+/// demo runs.
+#[derive(Clone)]
+struct Histogram {
+    counts: Box<[u64; BUCKETS]>,
+    total: u64,
+    max_us: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram { counts: Box::new([0; BUCKETS]), total: 0, max_us: 0 }
+    }
+}
+
+impl Histogram {
+    fn bucket(micros: u64) -> usize {
+        if micros < SUB_BUCKETS {
+            return micros as usize;
+        }
+        let exponent = u64::from(63 - micros.leading_zeros()); // >= 4
+        let sub = (micros >> (exponent - 4)) & (SUB_BUCKETS - 1);
+        (SUB_BUCKETS + (exponent - 4) * SUB_BUCKETS + sub) as usize
+    }
+
+    /// The middle of bucket `index`, in microseconds.
+    fn value(index: usize) -> u64 {
+        let index = index as u64;
+        if index < SUB_BUCKETS {
+            return index;
+        }
+        let exponent = (index - SUB_BUCKETS) / SUB_BUCKETS + 4;
+        let sub = (index - SUB_BUCKETS) % SUB_BUCKETS;
+        let width = 1u64 << (exponent - 4);
+        (SUB_BUCKETS + sub) * width + width / 2
+    }
+
+    fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = Histogram::bucket(micros).min(BUCKETS - 1);
+        self.counts[bucket] += 1;
+        self.total += 1;
+        self.max_us = self.max_us.max(micros);
+    }
+
+    fn quantile(&self, quantile: f64) -> Option<Duration> {
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((quantile * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return Some(Duration::from_micros(Histogram::value(index).min(self.max_us)));
+            }
+        }
+        Some(Duration::from_micros(self.max_us))
+    }
+
+    fn max(&self) -> Option<Duration> {
+        (self.total > 0).then(|| Duration::from_micros(self.max_us))
+    }
+}
+
+/// Parses `20s`, `2m`, `500ms`, `1h`, `1m30s` (integers with units ms, s, m, h; a bare number
+/// is seconds), between 1 ms and 24 h.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration; try 20s, 2m or 500ms".to_string());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return bounded_duration(Some(Duration::from_secs(seconds)), text);
+    }
+    let mut total = Some(Duration::ZERO);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{text:?}: expected a number at {rest:?}; try 20s, 2m or 500ms"));
+        }
+        let number: u64 = rest[..digits].parse().map_err(|error| format!("{text:?}: {error}"))?;
+        rest = &rest[digits..];
+        let unit_length = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_length];
+        rest = &rest[unit_length..];
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(number)),
+            "s" => Some(Duration::from_secs(number)),
+            "m" | "min" => number.checked_mul(60).map(Duration::from_secs),
+            "h" => number.checked_mul(3_600).map(Duration::from_secs),
+            _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s, m or h")),
+        };
+        total = total.zip(part).and_then(|(total, part)| total.checked_add(part));
+    }
+    bounded_duration(total, text)
+}
+
+fn bounded_duration(duration: Option<Duration>, text: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(24 * 3_600);
+    match duration {
+        Some(duration) if duration.is_zero() => Err(format!("{text:?}: must be above zero")),
+        Some(duration) if duration <= MAX => Ok(duration),
+        _ => Err(format!("{text:?}: at most 24h")),
+    }
+}
+
+fn format_duration(duration: Duration) -> String {
+    if duration.subsec_millis() != 0 || duration < Duration::from_secs(1) {
+        format!("{} ms", duration.as_millis())
+    } else {
+        format!("{} s", duration.as_secs())
+    }
+}
+
+fn format_ms(duration: Duration) -> String {
+    let ms = duration.as_secs_f64() * 1_000.0;
+    if ms < 10.0 { format!("{ms:.2} ms") } else { format!("{ms:.1} ms") }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn signed(value: i128) -> String {
+    let magnitude = thousands(u64::try_from(value.unsigned_abs()).unwrap_or(u64::MAX));
+    if value < 0 { format!("-{magnitude}") } else { magnitude }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Durations parse in each unit and in combination; bad ones say what is wrong.
+    #[test]
+    fn durations_parse_by_hand() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
+        for bad in ["", "s", "10x", "0s", "25h", "-1s", "1.5s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The generator is deterministic per seed, differs across seeds, and stays below bounds.
+    #[test]
+    fn prng_is_seeded_and_bounded() {
+        let draw = |seed| {
+            let mut rng = Prng::new(seed);
+            (0..8).map(|_| rng.next_u64()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+        let mut rng = Prng::new(0);
+        let mut seen = [false; 3];
+        for _ in 0..1_000 {
+            let value = rng.below(3);
+            assert!(value < 3);
+            seen[value as usize] = true;
+        }
+        assert_eq!(seen, [true; 3]);
+        assert_eq!(rng.below(0), 0);
+    }
+
+    /// Quantiles land within a bucket's width of the true value, and never above the maximum.
+    #[test]
+    fn histogram_quantiles_are_close() {
+        let mut histogram = Histogram::default();
+        assert_eq!(histogram.quantile(0.5), None);
+        for micros in 1..=10_000u64 {
+            histogram.record(Duration::from_micros(micros));
+        }
+        let p50 = histogram.quantile(0.5).unwrap().as_micros() as f64;
+        let p99 = histogram.quantile(0.99).unwrap().as_micros() as f64;
+        assert!((p50 - 5_000.0).abs() / 5_000.0 < 0.07, "{p50}");
+        assert!((p99 - 9_900.0).abs() / 9_900.0 < 0.07, "{p99}");
+        assert_eq!(histogram.max(), Some(Duration::from_micros(10_000)));
+        assert!(histogram.quantile(1.0).unwrap() <= Duration::from_micros(10_000));
+        for micros in [0, 1, 15, 16, 17, 31, 32, 1 << 20, u64::MAX] {
+            let bucket = Histogram::bucket(micros);
+            assert!(bucket < BUCKETS, "{micros}");
+            if micros < 1 << 40 {
+                let value = Histogram::value(bucket) as f64;
+                assert!((value - micros as f64).abs() <= (micros as f64 / 16.0).max(0.5) + 1.0);
+            }
+        }
+    }
+
+    /// Numbers print with thousands separators.
+    #[test]
+    fn numbers_print_with_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(signed(-300_000), "-300,000");
+    }
+
+    /// The demo refuses to wipe a directory it did not create, and wipes one it did.
+    #[test]
+    fn data_dir_is_only_wiped_when_the_demo_made_it() {
+        let root = tempfile::tempdir().unwrap();
+        let foreign = root.path().join("foreign");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("precious"), "x").unwrap();
+        let error = prepare_data_dir(&foreign, false).unwrap_err().to_string();
+        assert!(error.contains("--data-dir"), "{error}");
+        assert!(foreign.join("precious").exists());
+
+        let ours = root.path().join("ours");
+        prepare_data_dir(&ours, false).unwrap();
+        std::fs::write(ours.join("old.log"), "x").unwrap();
+        prepare_data_dir(&ours, true).unwrap();
+        assert!(ours.join("old.log").exists());
+        prepare_data_dir(&ours, false).unwrap();
+        assert!(!ours.join("old.log").exists());
+        assert!(ours.join(MARKER_FILE).exists());
+    }
+
+    /// Account keys sort inside the scanned range.
+    #[test]
+    fn account_keys_fall_in_the_scanned_range() {
+        for index in [0, 1, 9_999, 99_999] {
+            let key = account_key(index);
+            assert!(key.as_slice() >= KEY_PREFIX.as_bytes() && key.as_slice() < KEY_RANGE_END);
+        }
+        assert_eq!(account_key(7), b"acct-0007");
+    }
 }

@@ -108,6 +108,10 @@ pub struct Entry {
     pub decided_unix_ms: u64,
     /// When finished (every Commit acknowledged, or aborted).
     pub finished_unix_ms: u64,
+    /// The Prepare deadline sent to participants (0 when unknown), sent again with Aborts.
+    pub deadline_unix_ms: u64,
+    /// Signalled once every Commit is acknowledged (a permit is stored if nobody waits yet).
+    delivered: Arc<tokio::sync::Notify>,
 }
 
 impl Entry {
@@ -122,6 +126,8 @@ impl Entry {
             created_unix_ms: 0,
             decided_unix_ms: 0,
             finished_unix_ms: 0,
+            deadline_unix_ms: 0,
+            delivered: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -215,16 +221,11 @@ impl<W: Wal> Coordinator<W> {
 
         let (mut resumed, mut aborted, mut probed) = (0, 0, 0);
         for (txn, replayed) in replay.txns {
-            match replayed.state {
+            match &replayed.state {
                 ReplayedState::Committing { pending } => {
                     let (machine, outputs) =
-                        TxnMachine::recover_committing(replayed.participants.len(), &pending);
-                    coordinator.insert_recovered(
-                        &txn,
-                        replayed.participants,
-                        machine,
-                        replayed.created,
-                    );
+                        TxnMachine::recover_committing(replayed.participants.len(), pending);
+                    coordinator.insert_recovered(&txn, &replayed, machine);
                     if !pending.is_empty() {
                         coordinator.table().undelivered += 1;
                     }
@@ -233,50 +234,26 @@ impl<W: Wal> Coordinator<W> {
                 }
                 ReplayedState::Started if replayed.participants.len() == 1 => {
                     let (machine, outputs) = TxnMachine::recover_one_phase();
-                    coordinator.insert_recovered(
-                        &txn,
-                        replayed.participants,
-                        machine,
-                        replayed.created,
-                    );
+                    coordinator.insert_recovered(&txn, &replayed, machine);
                     coordinator.carry_out(&txn, outputs);
                     probed += 1;
                 }
                 ReplayedState::Started => {
-                    // Undecided at the crash: presumed abort. Tell every participant.
-                    let (mut machine, _) = TxnMachine::start(replayed.participants.len());
-                    let mut outputs = Vec::new();
-                    for branch in 0..replayed.participants.len() {
-                        outputs.extend(machine.handle(Input::Prepared {
-                            branch,
-                            result: PrepareResult::Unreachable("coordinator restarted".into()),
-                        }));
-                    }
+                    // Undecided at the crash: presumed abort. Tell every participant, since any
+                    // of them may have prepared.
                     let cause = AbortCause::CoordinatorRestart;
-                    coordinator.insert_recovered(
-                        &txn,
-                        replayed.participants,
-                        machine,
-                        replayed.created,
-                    );
-                    let _ =
-                        coordinator.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause });
-                    let sends: Vec<Output> = outputs
-                        .into_iter()
-                        .filter(|o| matches!(o, Output::SendAbort { .. }))
-                        .collect();
+                    let branches = replayed.participants.len();
+                    let machine = TxnMachine::finished(branches, Phase::Aborted(cause.clone()));
+                    coordinator.insert_recovered(&txn, &replayed, machine);
+                    coordinator.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause })?;
+                    let sends = (0..branches).map(|branch| Output::SendAbort { branch }).collect();
                     coordinator.carry_out(&txn, sends);
                     coordinator.finish(&txn);
                     aborted += 1;
                 }
                 ReplayedState::Finished(phase) => {
-                    let machine = TxnMachine::finished(replayed.participants.len(), phase);
-                    coordinator.insert_recovered(
-                        &txn,
-                        replayed.participants,
-                        machine,
-                        replayed.created,
-                    );
+                    let machine = TxnMachine::finished(replayed.participants.len(), phase.clone());
+                    coordinator.insert_recovered(&txn, &replayed, machine);
                     coordinator.finish(&txn);
                 }
             }
@@ -332,6 +309,8 @@ impl<W: Wal> Coordinator<W> {
             let (machine, _) = TxnMachine::start(new.participants.len());
             let mut entry = Entry::new(new.participants.clone(), machine, self.epoch);
             entry.created_unix_ms = now_unix_ms();
+            entry.deadline_unix_ms =
+                entry.created_unix_ms + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX);
             table.entries.insert(new.txn.clone(), entry);
         }
         let this = Arc::clone(self);
@@ -440,91 +419,106 @@ impl<W: Wal> Coordinator<W> {
     async fn run_txn(self: &Arc<Self>, new: NewTxn, reply: oneshot::Sender<()>) {
         let txn = new.txn.clone();
         let deadline = tokio::time::Instant::now() + new.timeout;
-        let deadline_unix_ms =
-            now_unix_ms() + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX);
+        let (created_unix_ms, deadline_unix_ms) =
+            self.get(&txn).map_or((0, 0), |entry| (entry.created_unix_ms, entry.deadline_unix_ms));
         let mut reply = Some(reply);
         let started = CoordinatorRecord::Started {
             txn: txn.clone(),
             participants: new.participants.clone(),
-            created_unix_ms: now_unix_ms(),
+            created_unix_ms,
+            deadline_unix_ms,
         };
         let (_, mut pending) = TxnMachine::start(new.participants.len());
         let mut prepares = tokio::task::JoinSet::new();
         let mut deadline_seen = false;
         loop {
-            for output in std::mem::take(&mut pending) {
-                match output {
-                    Output::ForceStarted => {
-                        let forced = match self.append(&started) {
-                            Ok(lsn) => self
-                                .wal
-                                .wait_durable(lsn)
-                                .await
-                                .map_err(|e| self.fail(e.to_string())),
-                            Err(e) => Err(e),
-                        };
-                        if forced.is_err() {
-                            return; // fatal: the reply channel drops, the client sees INTERNAL
+            // Carrying out an output can produce more (STARTED durable → send Prepare): drain
+            // them all before waiting for the next answer.
+            while !pending.is_empty() {
+                for output in std::mem::take(&mut pending) {
+                    match output {
+                        Output::ForceStarted => {
+                            let forced = match self.append(&started) {
+                                Ok(lsn) => self
+                                    .wal
+                                    .wait_durable(lsn)
+                                    .await
+                                    .map_err(|e| self.fail(e.to_string())),
+                                Err(e) => Err(e),
+                            };
+                            if forced.is_err() {
+                                return; // fatal: the reply channel drops, the client sees INTERNAL
+                            }
+                            pending.extend(self.handle(&txn, Input::StartedDurable));
                         }
-                        pending.extend(self.handle(&txn, Input::StartedDurable));
-                    }
-                    Output::SendPrepare { branch, one_phase } => {
-                        if !one_phase && branch == 0 {
-                            // Lazy: rides along with the next group commit.
-                            if self.append(&started).is_err() {
+                        Output::SendPrepare { branch, one_phase } => {
+                            if !one_phase && branch == 0 {
+                                // Lazy: rides along with the next group commit.
+                                if self.append(&started).is_err() {
+                                    return;
+                                }
+                            }
+                            let client = self.clients[&new.participants[branch]].clone();
+                            let request = v1::PrepareRequest {
+                                txn_id: txn.to_string(),
+                                epoch: self.epoch.0,
+                                operations: new.operations[branch].clone(),
+                                deadline_unix_ms,
+                                one_phase,
+                            };
+                            let timeout =
+                                deadline.saturating_duration_since(tokio::time::Instant::now());
+                            prepares.spawn(async move {
+                                (branch, prepare(client, request, timeout).await)
+                            });
+                        }
+                        Output::ForceCommit { branches } => {
+                            concord_proto::failpoint::hit("coordinator.before_decision");
+                            let record = CoordinatorRecord::Commit {
+                                txn: txn.clone(),
+                                participants: new.participants.clone(),
+                                pending: branches,
+                                decided_unix_ms: now_unix_ms(),
+                            };
+                            let forced = match self.append(&record) {
+                                Ok(lsn) => self
+                                    .wal
+                                    .wait_durable(lsn)
+                                    .await
+                                    .map_err(|e| self.fail(e.to_string())),
+                                Err(e) => Err(e),
+                            };
+                            if forced.is_err() {
                                 return;
                             }
+                            concord_proto::failpoint::hit("coordinator.after_decision");
+                            {
+                                let mut table = self.table();
+                                table.undelivered += 1;
+                                if let Some(entry) = table.entries.get_mut(&txn) {
+                                    entry.decided_unix_ms = now_unix_ms();
+                                }
+                            }
+                            pending.extend(self.handle(&txn, Input::CommitDurable));
                         }
-                        let client = self.clients[&new.participants[branch]].clone();
-                        let request = v1::PrepareRequest {
-                            txn_id: txn.to_string(),
-                            epoch: self.epoch.0,
-                            operations: new.operations[branch].clone(),
-                            deadline_unix_ms,
-                            one_phase,
-                        };
-                        let timeout =
-                            deadline.saturating_duration_since(tokio::time::Instant::now());
-                        prepares.spawn(
-                            async move { (branch, prepare(client, request, timeout).await) },
-                        );
-                    }
-                    Output::ForceCommit { branches } => {
-                        let record = CoordinatorRecord::Commit {
-                            txn: txn.clone(),
-                            participants: new.participants.clone(),
-                            pending: branches,
-                            decided_unix_ms: now_unix_ms(),
-                        };
-                        let forced = match self.append(&record) {
-                            Ok(lsn) => self
-                                .wal
-                                .wait_durable(lsn)
-                                .await
-                                .map_err(|e| self.fail(e.to_string())),
-                            Err(e) => Err(e),
-                        };
-                        if forced.is_err() {
-                            return;
-                        }
-                        {
+                        Output::Reply(_) => {
                             let mut table = self.table();
-                            table.undelivered += 1;
-                            if let Some(entry) = table.entries.get_mut(&txn) {
+                            let Some(entry) = table.entries.get_mut(&txn) else { continue };
+                            if entry.decided_unix_ms == 0 {
                                 entry.decided_unix_ms = now_unix_ms();
                             }
+                            // A commit still being delivered replies once delivered (below).
+                            let delivering = *entry.machine.phase() == Phase::Committing;
+                            drop(table);
+                            if !delivering && let Some(reply) = reply.take() {
+                                let _ = reply.send(());
+                            }
                         }
-                        pending.extend(self.handle(&txn, Input::CommitDurable));
+                        other => self.carry_out(&txn, vec![other]),
                     }
-                    Output::Reply(_) => {
-                        if let Some(reply) = reply.take() {
-                            let _ = reply.send(());
-                        }
-                    }
-                    other => self.carry_out(&txn, vec![other]),
                 }
             }
-            if prepares.is_empty() && pending.is_empty() {
+            if prepares.is_empty() {
                 break;
             }
             tokio::select! {
@@ -539,8 +533,17 @@ impl<W: Wal> Coordinator<W> {
                 }
             }
         }
-        // One phase still unresolved (probing), or a reply not yet sent: the client hears the
-        // current state (PENDING) after the deadline, and the probe goes on in the background.
+        // A commit being delivered: reply once every participant acknowledged, so the client
+        // reads its own writes and its next transaction does not conflict with this one — but
+        // wait no longer than the deadline plus one call, then reply COMMITTED (state
+        // COMMITTING) while delivery goes on.
+        let delivered = self.get(&txn).map(|entry| entry.delivered);
+        if let (Some(delivered), Some(_)) = (delivered, &reply) {
+            let patience = deadline.max(tokio::time::Instant::now()) + self.config.call_timeout;
+            let _ = tokio::time::timeout_at(patience, delivered.notified()).await;
+        }
+        // Otherwise (one phase still being probed, or no decision by the deadline) the client
+        // hears the current state, PENDING, and asks again later.
         if let Some(reply) = reply.take() {
             let _ = reply.send(());
         }
@@ -566,8 +569,11 @@ impl<W: Wal> Coordinator<W> {
                 }
                 Output::SendAbort { branch } => {
                     if let Some(client) = self.client_for(txn, branch) {
-                        let request =
-                            v1::AbortRequest { txn_id: txn.to_string(), epoch: self.epoch.0 };
+                        let request = v1::AbortRequest {
+                            txn_id: txn.to_string(),
+                            epoch: self.epoch.0,
+                            deadline_unix_ms: self.get(txn).map_or(0, |e| e.deadline_unix_ms),
+                        };
                         tokio::spawn(async move {
                             // One attempt: presumed abort needs no acknowledgement; a participant
                             // that misses it asks us and hears ABORTED.
@@ -584,6 +590,9 @@ impl<W: Wal> Coordinator<W> {
                 Output::LogEnd => {
                     if self.append(&CoordinatorRecord::End { txn: txn.clone() }).is_ok() {
                         self.finish(txn);
+                    }
+                    if let Some(entry) = self.table().entries.get(txn) {
+                        entry.delivered.notify_one();
                     }
                 }
                 Output::LogAbort(cause) => {
@@ -651,13 +660,24 @@ impl<W: Wal> Coordinator<W> {
         let Some(mut client) = self.client_for(&txn, 0) else { return };
         let mut stopping = self.stopping.subscribe();
         let mut backoff = self.config.min_backoff;
+        let deadline_unix_ms = self.get(&txn).map_or(0, |e| e.deadline_unix_ms);
         loop {
-            let request = v1::AbortRequest { txn_id: txn.to_string(), epoch: self.epoch.0 };
-            let committed = match client.abort(request).await {
+            let request =
+                v1::AbortRequest { txn_id: txn.to_string(), epoch: self.epoch.0, deadline_unix_ms };
+            let result = client.abort(request).await;
+            let committed = match &result {
                 Ok(_) => Some(false),
                 Err(status) if status.code() == tonic::Code::FailedPrecondition => Some(true),
                 Err(status) => {
-                    tracing::warn!(txn_id = %txn, code = ?status.code(), "one-phase probe failed; retrying");
+                    if status.code() == tonic::Code::DataLoss {
+                        tracing::error!(txn_id = %txn, message = status.message(), "one-phase outcome forgotten by its participant; it stays unknown");
+                    } else {
+                        tracing::warn!(txn_id = %txn, code = ?status.code(), "one-phase probe failed; retrying");
+                    }
+                    if let Some(entry) = self.table().entries.get_mut(&txn) {
+                        entry.attempts[0] += 1;
+                        entry.last_error[0] = format!("{:?}: {}", status.code(), status.message());
+                    }
                     None
                 }
             };
@@ -684,15 +704,10 @@ impl<W: Wal> Coordinator<W> {
         self.clients.get(&name).cloned()
     }
 
-    fn insert_recovered(
-        &self,
-        txn: &TxnId,
-        participants: Vec<String>,
-        machine: TxnMachine,
-        created: u64,
-    ) {
-        let mut entry = Entry::new(participants, machine, Epoch(0));
-        entry.created_unix_ms = created;
+    fn insert_recovered(&self, txn: &TxnId, replayed: &Replayed, machine: TxnMachine) {
+        let mut entry = Entry::new(replayed.participants.clone(), machine, Epoch(0));
+        entry.created_unix_ms = replayed.created;
+        entry.deadline_unix_ms = replayed.deadline;
         self.table().entries.insert(txn.clone(), entry);
     }
 
@@ -794,6 +809,7 @@ fn checkpoint_records(txn: &TxnId, entry: &Entry) -> Vec<CoordinatorRecord> {
         txn: txn.clone(),
         participants: entry.participants.clone(),
         created_unix_ms: entry.created_unix_ms,
+        deadline_unix_ms: entry.deadline_unix_ms,
     };
     let pending =
         |status: &BranchStatus| matches!(status, BranchStatus::Committing | BranchStatus::Prepared);
@@ -825,6 +841,7 @@ fn checkpoint_records(txn: &TxnId, entry: &Entry) -> Vec<CoordinatorRecord> {
 struct Replayed {
     participants: Vec<String>,
     created: u64,
+    deadline: u64,
     state: ReplayedState,
 }
 
@@ -858,28 +875,25 @@ impl Replay {
         }
         match record {
             CoordinatorRecord::Epoch(epoch) => self.max_epoch = self.max_epoch.max(epoch),
-            CoordinatorRecord::Started { txn, participants, created_unix_ms } => {
+            CoordinatorRecord::Started { txn, participants, created_unix_ms, deadline_unix_ms } => {
                 self.txns.entry(txn).or_insert(Replayed {
                     participants,
                     created: created_unix_ms,
+                    deadline: deadline_unix_ms,
                     state: ReplayedState::Started,
                 });
             }
             CoordinatorRecord::Commit { txn, participants, pending, .. } => {
-                let created = self.txns.get(&txn).map_or(0, |t| t.created);
-                self.txns.insert(
-                    txn,
-                    Replayed {
-                        participants,
-                        created,
-                        state: ReplayedState::Committing { pending },
-                    },
-                );
+                let (created, deadline) =
+                    self.txns.get(&txn).map_or((0, 0), |t| (t.created, t.deadline));
+                let state = ReplayedState::Committing { pending };
+                self.txns.insert(txn, Replayed { participants, created, deadline, state });
             }
             CoordinatorRecord::Aborted { txn, cause } => {
                 let entry = self.txns.entry(txn).or_insert(Replayed {
                     participants: Vec::new(),
                     created: 0,
+                    deadline: 0,
                     state: ReplayedState::Started,
                 });
                 if !matches!(entry.state, ReplayedState::Committing { .. }) {
@@ -890,6 +904,7 @@ impl Replay {
                 self.txns.entry(txn).or_insert(Replayed {
                     participants: Vec::new(),
                     created: 0,
+                    deadline: 0,
                     state: ReplayedState::Finished(Phase::Aborted(AbortCause::Fenced)),
                 });
             }

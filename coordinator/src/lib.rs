@@ -6,9 +6,10 @@
 //! - [`service`]: the `concord.v1.Coordinator` gRPC service.
 //! - [`serve`]: runs it on a listener the caller bound, with health and reflection.
 //!
-//! Submit replies once the decision is durable: COMMITTED means the COMMIT record is forced and
-//! Commit delivery is under way (GetTransaction shows COMMITTING until every participant has
-//! acknowledged, then COMMITTED).
+//! Submit replies once every participant acknowledged Commit (so clients read their own
+//! writes), or, if a participant is slow or down, once the deadline plus one call timeout has
+//! passed: then the reply is COMMITTED with state COMMITTING, since the decision is durable and
+//! delivery goes on. GetTransaction shows the difference (COMMITTING → COMMITTED).
 
 pub mod driver;
 pub mod service;

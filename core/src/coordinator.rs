@@ -347,7 +347,7 @@ impl TxnMachine {
                 return self.abort(AbortCause::Unreachable { branch, message });
             }
         }
-        if self.branches.iter().any(|b| *b == BranchStatus::Preparing) {
+        if self.branches.contains(&BranchStatus::Preparing) {
             return Vec::new();
         }
         let yes: Vec<usize> = self.branches_in(&BranchStatus::Prepared);
@@ -376,7 +376,7 @@ impl TxnMachine {
             return Vec::new();
         }
         self.branches[branch] = BranchStatus::Committed;
-        if self.branches.iter().any(|b| *b == BranchStatus::Committing) {
+        if self.branches.contains(&BranchStatus::Committing) {
             return Vec::new();
         }
         self.phase = Phase::Committed;
@@ -421,6 +421,8 @@ pub enum CoordinatorRecord {
         participants: Vec<String>,
         /// Wall-clock start.
         created_unix_ms: u64,
+        /// The Prepare deadline sent to participants.
+        deadline_unix_ms: u64,
     },
     /// The COMMIT decision. Forced before any Commit is sent.
     Commit {
@@ -615,6 +617,15 @@ mod tests {
             outputs,
             vec![Output::Reply(Decision::Committed), Output::SendCommit { branch: 1 }]
         );
+    }
+
+    /// A probe the participant cannot answer (it forgot) leaves the outcome unknown.
+    #[test]
+    fn unanswerable_probe_changes_nothing() {
+        let (mut machine, _) = TxnMachine::recover_one_phase();
+        assert_eq!(machine.phase(), &Phase::Preparing);
+        assert_eq!(machine.handle(Input::Deadline), vec![]);
+        assert_eq!(machine.phase(), &Phase::Preparing);
     }
 
     /// A silent one-phase participant is probed, never presumed aborted: the deadline is

@@ -23,10 +23,14 @@ pub const MAX_BRANCHES_PER_TXN: usize = 16;
 pub const MAX_TXN_TIMEOUT_MS: u64 = 60_000;
 /// The decision timeout used when a client gives none.
 pub const DEFAULT_TXN_TIMEOUT_MS: u64 = 5_000;
+/// How long past a transaction's deadline a participant remembers its outcome. A one-phase
+/// transaction whose reply was lost is resolved by asking the participant; an answer asked for
+/// later than this is refused as forgotten (DATA_LOSS), never guessed.
+pub const DECISION_RETENTION_MS: u64 = 60_000;
 /// Branches a participant holds prepared at once; a Prepare beyond votes NO (overloaded).
 pub const MAX_PREPARED_BRANCHES: usize = 16_384;
 /// Decided transactions a participant remembers (for idempotency and barriers) at once.
-pub const MAX_REMEMBERED_DECISIONS: usize = 1_048_576;
+pub const MAX_REMEMBERED_DECISIONS: usize = 2 * 1_048_576;
 /// The largest write-ahead-log record.
 pub const MAX_WAL_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// The largest gRPC message Concord servers accept or send.

@@ -140,6 +140,10 @@ pub enum EngineError<E> {
     /// Commit after Abort): a protocol violation by the sender. Nothing changed.
     #[error("{0}")]
     WrongState(String),
+    /// The outcome may have been known here once and forgotten (it is older than the
+    /// retention): the participant cannot answer without guessing, so it refuses.
+    #[error("{0}")]
+    Forgotten(String),
     /// Reading committed state or appending to the log failed: fatal.
     #[error("storage failed: {0}")]
     Storage(E),
@@ -194,6 +198,9 @@ pub struct ParticipantEngine {
     expiry: VecDeque<(u64, TxnId)>,
     /// The highest coordinator epoch seen.
     max_epoch: Epoch,
+    /// Every decision forgotten so far was due to be forgotten at or before this time, so a
+    /// decision due after it is certainly still remembered.
+    forgotten_before_unix_ms: u64,
     /// Incremented per checkpoint.
     checkpoint_id: u64,
     /// A checkpoint being replayed, until its end record.
@@ -205,6 +212,7 @@ pub struct ParticipantEngine {
 struct ParticipantEngineSnapshot {
     id: u64,
     max_epoch: Epoch,
+    forgotten_before_unix_ms: u64,
     branches: Vec<CheckpointBranch>,
     decisions: Vec<CheckpointDecision>,
 }
@@ -396,16 +404,21 @@ impl ParticipantEngine {
         if let Some(branch) = self.branches.remove(txn) {
             assert!(branch.commit_lsn.is_some(), "applied a branch that was not committing");
             self.release(txn, &branch.locked);
-            self.remember(txn.clone(), true, branch.deadline_unix_ms);
+            self.remember(txn.clone(), true, retain_until(branch.deadline_unix_ms));
         }
     }
 
     /// Handles Abort. Appends an abort record (never waited for: presumed abort) and releases
-    /// the branch's locks; before any Prepare, leaves a barrier.
+    /// the branch's locks; before any Prepare, leaves a barrier. `deadline_unix_ms` is the
+    /// transaction's Prepare deadline when the sender knows it: an Abort for an unknown
+    /// transaction whose outcome could have been forgotten is refused
+    /// ([`EngineError::Forgotten`]) rather than answered with a barrier that might contradict a
+    /// one-phase commit.
     pub fn handle_abort<E>(
         &mut self,
         now_unix_ms: u64,
         txn: &TxnId,
+        deadline_unix_ms: Option<u64>,
         log: &mut dyn FnMut(&ParticipantRecord) -> Result<u64, E>,
     ) -> Result<AbortStep, EngineError<E>> {
         self.forget_expired(now_unix_ms);
@@ -415,7 +428,7 @@ impl ParticipantEngine {
                     "Abort of transaction {txn}, which is committing here"
                 )));
             }
-            let forget_after = branch.deadline_unix_ms.max(now_unix_ms);
+            let forget_after = retain_until(branch.deadline_unix_ms.max(now_unix_ms));
             log(&ParticipantRecord::Abort { txn: txn.clone(), forget_after_unix_ms: forget_after })
                 .map_err(EngineError::Storage)?;
             if let Some(branch) = self.branches.remove(txn) {
@@ -430,9 +443,19 @@ impl ParticipantEngine {
             ))),
             Some(_) => Ok(AbortStep::AlreadyAborted),
             None => {
-                // Any Prepare for it was sent before this Abort, so its deadline is at most
-                // MAX_TXN_TIMEOUT_MS from now: the barrier must outlive that.
-                let forget_after = now_unix_ms.saturating_add(limits::MAX_TXN_TIMEOUT_MS);
+                if let Some(deadline) = deadline_unix_ms
+                    && retain_until(deadline) <= self.forgotten_before_unix_ms
+                {
+                    return Err(EngineError::Forgotten(format!(
+                        "transaction {txn} is older than this participant's decision retention; \
+                         its outcome here can no longer be told"
+                    )));
+                }
+                // The barrier must outlive the Prepare's deadline: the one given, or else the
+                // furthest any Prepare sent before this Abort could carry.
+                let deadline = deadline_unix_ms
+                    .unwrap_or(now_unix_ms.saturating_add(limits::MAX_TXN_TIMEOUT_MS));
+                let forget_after = retain_until(deadline.max(now_unix_ms));
                 log(&ParticipantRecord::Abort {
                     txn: txn.clone(),
                     forget_after_unix_ms: forget_after,
@@ -512,8 +535,11 @@ impl ParticipantEngine {
         self.forget_expired(now_unix_ms);
         self.checkpoint_id += 1;
         let id = self.checkpoint_id;
-        let mut records =
-            vec![ParticipantRecord::CheckpointBegin { id, max_epoch: self.max_epoch }];
+        let mut records = vec![ParticipantRecord::CheckpointBegin {
+            id,
+            max_epoch: self.max_epoch,
+            forgotten_before_unix_ms: self.forgotten_before_unix_ms,
+        }];
         let branches = self.branches.iter().map(|(txn, b)| CheckpointBranch {
             txn: txn.clone(),
             epoch: b.epoch,
@@ -571,13 +597,13 @@ impl ParticipantEngine {
             ParticipantRecord::Commit { txn } => {
                 if let Some(branch) = self.branches.remove(&txn) {
                     self.release(&txn, &branch.locked);
-                    self.remember(txn, true, branch.deadline_unix_ms);
+                    self.remember(txn, true, retain_until(branch.deadline_unix_ms));
                     apply.push((lsn, branch.writes));
                 }
             }
             ParticipantRecord::OnePhaseCommit { txn, epoch, writes, deadline_unix_ms } => {
                 self.max_epoch = self.max_epoch.max(epoch);
-                self.remember(txn, true, deadline_unix_ms);
+                self.remember(txn, true, retain_until(deadline_unix_ms));
                 apply.push((lsn, writes));
             }
             ParticipantRecord::Abort { txn, forget_after_unix_ms } => {
@@ -586,9 +612,13 @@ impl ParticipantEngine {
                 }
                 self.remember(txn, false, forget_after_unix_ms);
             }
-            ParticipantRecord::CheckpointBegin { id, max_epoch } => {
-                self.replaying_checkpoint =
-                    Some(ParticipantEngineSnapshot { id, max_epoch, ..Default::default() });
+            ParticipantRecord::CheckpointBegin { id, max_epoch, forgotten_before_unix_ms } => {
+                self.replaying_checkpoint = Some(ParticipantEngineSnapshot {
+                    id,
+                    max_epoch,
+                    forgotten_before_unix_ms,
+                    ..Default::default()
+                });
             }
             ParticipantRecord::CheckpointBranches(branches) => {
                 if let Some(snapshot) = &mut self.replaying_checkpoint {
@@ -615,13 +645,14 @@ impl ParticipantEngine {
         *self = ParticipantEngine::new(limits);
         self.checkpoint_id = snapshot.id;
         self.max_epoch = snapshot.max_epoch;
+        self.forgotten_before_unix_ms = snapshot.forgotten_before_unix_ms;
         for decision in snapshot.decisions {
             self.remember(decision.txn, decision.committed, decision.forget_after_unix_ms);
         }
         let mut apply = Vec::new();
         for b in snapshot.branches {
             if let Some(commit_lsn) = b.commit_lsn {
-                self.remember(b.txn, true, b.deadline_unix_ms);
+                self.remember(b.txn, true, retain_until(b.deadline_unix_ms));
                 apply.push((commit_lsn, b.writes));
                 continue;
             }
@@ -663,7 +694,7 @@ impl ParticipantEngine {
 
     fn remember_no_vote(&mut self, txn: &TxnId, deadline_unix_ms: u64) {
         // A duplicate of this Prepare must not vote YES later: the coordinator has aborted.
-        self.remember(txn.clone(), false, deadline_unix_ms);
+        self.remember(txn.clone(), false, retain_until(deadline_unix_ms));
     }
 
     /// Forgets decisions whose every possible message has expired. `expiry` is in insertion
@@ -677,6 +708,7 @@ impl ParticipantEngine {
             let Some((forget_after, txn)) = self.expiry.pop_front() else { break };
             if self.decided.get(&txn).is_some_and(|d| d.forget_after_unix_ms == forget_after) {
                 self.decided.remove(&txn);
+                self.forgotten_before_unix_ms = self.forgotten_before_unix_ms.max(forget_after);
             }
         }
     }
@@ -766,6 +798,11 @@ fn evaluate<S: CommittedState>(
         }
     }
     Ok(Ok(overlay.into_iter().map(|(key, value)| Write { key: key.to_vec(), value }).collect()))
+}
+
+/// When a decision about a transaction with this deadline may be forgotten.
+fn retain_until(deadline_unix_ms: u64) -> u64 {
+    deadline_unix_ms.saturating_add(limits::DECISION_RETENTION_MS)
 }
 
 fn no(reason: NoReason, message: impl Into<String>) -> PrepareReply {
@@ -892,7 +929,7 @@ mod tests {
                 log.push(r.clone());
                 Ok(log.len() as u64)
             };
-            engine.handle_abort(NOW, &txn(id), &mut append).map_err(|e| e.to_string())
+            engine.handle_abort(NOW, &txn(id), None, &mut append).map_err(|e| e.to_string())
         }
 
         fn apply(&mut self, version: u64, writes: &[Write]) {
@@ -1104,6 +1141,37 @@ mod tests {
         assert_eq!(world.log.len(), 1);
         assert_eq!(world.value("a"), Some(b"1".to_vec()));
         assert_eq!(engine.locked_count(), 0);
+    }
+
+    /// A one-phase commit whose reply was lost is resolved by an Abort probe after the
+    /// deadline: within the retention the participant refuses the Abort because it committed;
+    /// once the decision may have been forgotten it refuses as forgotten, and never answers
+    /// with a barrier that would call a committed transaction aborted.
+    #[test]
+    fn abort_probe_never_contradicts_a_forgotten_one_phase_commit() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        let mut input = prepare_input("one", vec![put("a", "1")]);
+        input.one_phase = true;
+        let deadline = input.deadline_unix_ms;
+        world.prepare(&mut engine, input);
+        let mut log = |_: &ParticipantRecord| Ok::<u64, Infallible>(99);
+        let just_after = deadline + 1;
+        assert!(matches!(
+            engine.handle_abort(just_after, &txn("one"), Some(deadline), &mut log),
+            Err(EngineError::WrongState(_))
+        ));
+        // Long after: the decision is forgotten (any message sweeps), and the probe is refused.
+        let later = deadline + limits::DECISION_RETENTION_MS + 1;
+        engine.handle_abort(later, &txn("unrelated"), None, &mut log).unwrap();
+        assert!(matches!(
+            engine.handle_abort(later, &txn("one"), Some(deadline), &mut log),
+            Err(EngineError::Forgotten(_))
+        ));
+        // A transaction this participant never saw, with a recent deadline, gets a barrier.
+        assert_eq!(
+            engine.handle_abort(later, &txn("fresh"), Some(later + 10), &mut log).unwrap(),
+            AbortStep::Barrier
+        );
     }
 
     /// A branch at the prepared-branch limit votes NO(overloaded).

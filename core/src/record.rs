@@ -96,6 +96,8 @@ pub enum ParticipantRecord {
         id: u64,
         /// The highest coordinator epoch seen.
         max_epoch: Epoch,
+        /// Decisions due to be forgotten up to this time may have been forgotten.
+        forgotten_before_unix_ms: u64,
     },
     /// Branches in the checkpoint.
     CheckpointBranches(Vec<CheckpointBranch>),

@@ -39,6 +39,9 @@ pub enum NodeError {
     /// The request contradicts what this participant knows (FAILED_PRECONDITION).
     #[error("{0}")]
     WrongState(String),
+    /// The outcome asked about may have been forgotten (DATA_LOSS).
+    #[error("{0}")]
+    Forgotten(String),
     /// The log or the store failed; the node has stopped (INTERNAL). Restart to recover.
     #[error("storage failed: {0}")]
     Fatal(String),
@@ -61,6 +64,7 @@ impl From<EngineError<NodeError>> for NodeError {
         match error {
             EngineError::Invalid(invalid) => NodeError::Invalid(invalid),
             EngineError::WrongState(message) => NodeError::WrongState(message),
+            EngineError::Forgotten(message) => NodeError::Forgotten(message),
             EngineError::Storage(error) => error,
         }
     }
@@ -190,6 +194,7 @@ impl<W: Wal, S: Store> Node<W, S> {
                     Some(done) => self.await_apply(done).await?,
                     None => self.wait_durable(lsn).await?,
                 }
+                concord_proto::failpoint::hit("participant.after_prepare");
                 Ok(reply)
             }
         }
@@ -198,6 +203,9 @@ impl<W: Wal, S: Store> Node<W, S> {
     /// Phase 2, commit. Acknowledged only once the commit record is durable.
     pub async fn commit(&self, txn: &TxnId) -> Result<(), NodeError> {
         self.refuse_if_failed()?;
+        if self.engine().outcome(txn) == concord_core::types::Outcome::Pending {
+            concord_proto::failpoint::hit("participant.before_commit");
+        }
         let (step, applied) = {
             let mut engine = self.engine();
             let step = engine
@@ -218,12 +226,17 @@ impl<W: Wal, S: Store> Node<W, S> {
         }
     }
 
-    /// Phase 2, abort. Never waits for its record (presumed abort).
-    pub fn abort(&self, txn: &TxnId) -> Result<AbortStep, NodeError> {
+    /// Phase 2, abort. Never waits for its record (presumed abort). `deadline_unix_ms` is the
+    /// transaction's Prepare deadline if the sender knows it.
+    pub fn abort(
+        &self,
+        txn: &TxnId,
+        deadline_unix_ms: Option<u64>,
+    ) -> Result<AbortStep, NodeError> {
         self.refuse_if_failed()?;
         let mut engine = self.engine();
         engine
-            .handle_abort(now_unix_ms(), txn, &mut |r| self.append(r))
+            .handle_abort(now_unix_ms(), txn, deadline_unix_ms, &mut |r| self.append(r))
             .map_err(|e| self.check_fatal(e.into()))
     }
 

@@ -102,7 +102,7 @@ pub async fn run_resolver<W: Wal, S: Store>(
             let answer = ask(client.clone(), &txn, node.name()).await;
             let resolved = match &answer {
                 Ok(Outcome::Committed) => node.commit(&txn).await.map(|()| true),
-                Ok(Outcome::Aborted) => node.abort(&txn).map(|_| true),
+                Ok(Outcome::Aborted) => node.abort(&txn, None).map(|_| true),
                 Ok(Outcome::Pending) => Ok(false),
                 Err(error) => {
                     tracing::warn!(txn_id = %txn, error = %error.message(), "could not ask the coordinator");

@@ -31,6 +31,7 @@ fn status(error: NodeError) -> Status {
     match error {
         NodeError::Invalid(invalid) => convert::invalid(&invalid),
         NodeError::WrongState(message) => Status::failed_precondition(message),
+        NodeError::Forgotten(message) => Status::data_loss(message),
         NodeError::Fatal(message) => Status::internal(message),
     }
 }
@@ -90,7 +91,8 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
         request: Request<v1::AbortRequest>,
     ) -> Result<Response<v1::AbortResponse>, Status> {
         let txn = txn_id(&request.get_ref().txn_id)?;
-        let step = self.node.abort(&txn).map_err(status)?;
+        let deadline = request.get_ref().deadline_unix_ms;
+        let step = self.node.abort(&txn, (deadline != 0).then_some(deadline)).map_err(status)?;
         if step == AbortStep::Barrier {
             tracing::info!(txn_id = %txn, participant = %self.node.name(), "abort before prepare: barrier recorded");
         }

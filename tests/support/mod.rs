@@ -62,10 +62,21 @@ pub struct ConcordProcess {
 impl ConcordProcess {
     /// Spawns `concord ARGS`, stderr into `stderr_path`, without waiting for anything.
     pub fn spawn(args: &[String], stderr_path: &Path) -> anyhow::Result<ConcordProcess> {
+        ConcordProcess::spawn_with_env(args, &[], stderr_path)
+    }
+
+    /// Like [`ConcordProcess::spawn`], with extra environment variables (such as
+    /// `CONCORD_FAILPOINTS`).
+    pub fn spawn_with_env(
+        args: &[String],
+        env: &[(&str, &str)],
+        stderr_path: &Path,
+    ) -> anyhow::Result<ConcordProcess> {
         let stderr = std::fs::File::create(stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
         let mut child = Command::new(CONCORD)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,7 +120,16 @@ impl ConcordProcess {
     /// Spawns `concord ARGS` and waits (at most [`STARTUP_TIMEOUT`]) for its `listening on`
     /// line. On failure the process is killed and the error carries its stderr.
     pub async fn start(args: &[String], stderr_path: &Path) -> anyhow::Result<ConcordProcess> {
-        let mut process = ConcordProcess::spawn(args, stderr_path)?;
+        ConcordProcess::start_with_env(args, &[], stderr_path).await
+    }
+
+    /// Like [`ConcordProcess::start`], with extra environment variables.
+    pub async fn start_with_env(
+        args: &[String],
+        env: &[(&str, &str)],
+        stderr_path: &Path,
+    ) -> anyhow::Result<ConcordProcess> {
+        let mut process = ConcordProcess::spawn_with_env(args, env, stderr_path)?;
         let listening = process.listening.take().context("listening receiver")?;
         match tokio::time::timeout(STARTUP_TIMEOUT, listening).await {
             Ok(Ok(address)) => {
@@ -218,6 +238,13 @@ impl Drop for ConcordProcess {
     }
 }
 
+/// A free port on 127.0.0.1 for a process that others must know the address of before it
+/// starts (the port is released just before use; the OS does not hand it out again at once).
+pub fn reserve_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().expect("a bound listener has an address")
+}
+
 /// `concord participant` on a data directory under a test's temporary directory.
 pub struct ParticipantProcess {
     process: ConcordProcess,
@@ -243,6 +270,28 @@ impl ParticipantProcess {
         let extra: Vec<String> = extra.iter().map(ToString::to_string).collect();
         let args = participant_args(root, name, "127.0.0.1:0", coordinator, &extra);
         let process = ConcordProcess::start(&args, &stderr_path(root, name, 1)).await?;
+        Ok(ParticipantProcess {
+            process,
+            root: root.to_path_buf(),
+            name: name.to_string(),
+            coordinator,
+            extra,
+            starts: 1,
+        })
+    }
+
+    /// Like [`ParticipantProcess::start`], with environment variables (such as
+    /// `CONCORD_FAILPOINTS`) for this first start only: restarts run without them.
+    pub async fn start_with_env(
+        root: &Path,
+        name: &str,
+        coordinator: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ParticipantProcess> {
+        let extra = Vec::new();
+        let args = participant_args(root, name, "127.0.0.1:0", coordinator, &extra);
+        let process =
+            ConcordProcess::start_with_env(&args, env, &stderr_path(root, name, 1)).await?;
         Ok(ParticipantProcess {
             process,
             root: root.to_path_buf(),
@@ -372,10 +421,8 @@ pub async fn health_status(address: SocketAddr, service: &str) -> Result<i32, St
         v1::ResolveTransactionRequest,
         v1::ResolveTransactionResponse,
     >::default();
-    let request = v1::ResolveTransactionRequest {
-        txn_id: service.to_string(),
-        participant: String::new(),
-    };
+    let request =
+        v1::ResolveTransactionRequest { txn_id: service.to_string(), participant: String::new() };
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
     let response = grpc.unary(Request::new(request), path, codec).await?;
     Ok(response.into_inner().outcome)

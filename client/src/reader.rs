@@ -1,0 +1,144 @@
+//! [`ParticipantReader`]: reads committed data straight from one participant (its Get and Scan
+//! calls), for tools that check what transactions did — the demo's balance check, checkers,
+//! operators. It never writes and takes no locks: it sees committed state only.
+
+use std::time::Duration;
+
+use concord_core::limits;
+use concord_proto::v1;
+use concord_proto::v1::participant_client::ParticipantClient;
+use tonic::transport::Channel;
+
+use crate::ClientError;
+
+/// One committed key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its committed value.
+    pub value: Vec<u8>,
+    /// The LSN of the participant's commit record that last wrote it; versions only grow.
+    pub version: u64,
+}
+
+/// What a bounded scan returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Entries in key order.
+    pub entries: Vec<Entry>,
+    /// Where to continue when the scan stopped at its bound; `None` when the range is done.
+    pub next_start: Option<Vec<u8>>,
+}
+
+/// A read-only connection to one participant. Clones share the connection.
+#[derive(Clone, Debug)]
+pub struct ParticipantReader {
+    /// The generated stub over a lazily connecting channel.
+    inner: ParticipantClient<Channel>,
+    /// The deadline of each call.
+    call_timeout: Duration,
+}
+
+impl ParticipantReader {
+    /// A reader for the participant at `address` (`host:port` or a URL), each call bounded by
+    /// `call_timeout`. Connects lazily; must be called inside a tokio runtime.
+    pub fn connect(
+        address: &str,
+        call_timeout: Duration,
+    ) -> Result<ParticipantReader, ClientError> {
+        let channel = concord_proto::net::channel(address, call_timeout).map_err(|error| {
+            ClientError::InvalidAddress { address: address.to_string(), message: error.to_string() }
+        })?;
+        let inner = ParticipantClient::new(channel)
+            .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
+        Ok(ParticipantReader { inner, call_timeout })
+    }
+
+    /// The committed entry for `key`, or `None` if it does not exist.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Entry>, ClientError> {
+        let mut request = tonic::Request::new(v1::GetRequest { key: key.to_vec() });
+        request.set_timeout(self.call_timeout);
+        let mut inner = self.inner.clone();
+        let response = inner
+            .get(request)
+            .await
+            .map_err(|status| ClientError::from_status(&status, None))?
+            .into_inner();
+        Ok(response.entry.map(entry_from_wire))
+    }
+
+    /// Committed entries with keys in `[start, end)` (an empty `end` means no end), in key
+    /// order, paging through the participant's pages until the range is done or `max_entries`
+    /// were read. `max_entries` bounds the memory a scan may take; when it is reached,
+    /// `next_start` says where to continue.
+    pub async fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        max_entries: usize,
+    ) -> Result<ScanPage, ClientError> {
+        if max_entries == 0 {
+            return Err(ClientError::invalid(&concord_core::types::InvalidInput::new(
+                "max_entries",
+                "must be at least 1",
+            )));
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut cursor = start.to_vec();
+        // Each page must move the cursor forward, and every page but the last holds at least
+        // one entry, so this many pages always suffices; the bound guards against a server that
+        // sends empty pages forever.
+        let max_pages = max_entries.saturating_add(16);
+        for _ in 0..max_pages {
+            let remaining = max_entries - entries.len();
+            let limit = remaining.min(limits::MAX_PAGE_SIZE);
+            let mut request = tonic::Request::new(v1::ScanRequest {
+                start: cursor.clone(),
+                end: end.to_vec(),
+                limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            });
+            request.set_timeout(self.call_timeout);
+            let mut inner = self.inner.clone();
+            let page = inner
+                .scan(request)
+                .await
+                .map_err(|status| ClientError::from_status(&status, None))?
+                .into_inner();
+            let mut page_entries: Vec<Entry> =
+                page.entries.into_iter().map(entry_from_wire).collect();
+            let mut next_start = page.next_start;
+            if page_entries.len() > remaining {
+                // More than asked for: keep what fits and continue at the first one dropped.
+                let dropped = page_entries.split_off(remaining);
+                next_start = dropped.into_iter().next().map(|entry| entry.key).unwrap_or_default();
+            }
+            entries.extend(page_entries);
+            if next_start.is_empty() {
+                return Ok(ScanPage { entries, next_start: None });
+            }
+            if next_start <= cursor {
+                return Err(ClientError::Internal {
+                    txn_id: None,
+                    message: format!(
+                        "the participant's scan went backwards: next page at {next_start:?} \
+                         after {cursor:?}"
+                    ),
+                });
+            }
+            if entries.len() >= max_entries {
+                return Ok(ScanPage { entries, next_start: Some(next_start) });
+            }
+            cursor = next_start;
+        }
+        Err(ClientError::Internal {
+            txn_id: None,
+            message: format!("the participant's scan did not finish within {max_pages} pages"),
+        })
+    }
+}
+
+fn entry_from_wire(entry: v1::KeyValue) -> Entry {
+    Entry { key: entry.key, value: entry.value, version: entry.version }
+}
