@@ -24,6 +24,8 @@ const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
 
 /// A coordinator and three participants under one temporary directory.
 struct Cluster {
+    /// Flags added to every coordinator start.
+    coordinator_extra: Vec<String>,
     root: tempfile::TempDir,
     coordinator_address: SocketAddr,
     coordinator: Option<ConcordProcess>,
@@ -54,6 +56,7 @@ impl Cluster {
             participants.push(participant.unwrap());
         }
         let mut cluster = Cluster {
+            coordinator_extra: Vec::new(),
             root,
             coordinator_address,
             coordinator: None,
@@ -78,6 +81,7 @@ impl Cluster {
             args.push("--participant".into());
             args.push(format!("{name}={}", participant.address()));
         }
+        args.extend(self.coordinator_extra.iter().cloned());
         args
     }
 
@@ -169,17 +173,25 @@ async fn get(client: &mut CoordinatorClient<Channel>, txn_id: &str) -> v1::Trans
         .unwrap()
 }
 
-/// Waits until every participant shows `expected` for `key` and has nothing in doubt.
+/// Waits until every participant shows `expected` for `key` and has nothing in doubt; on
+/// timeout, fails with what each participant last showed.
 async fn settle(cluster: &Cluster, key: &str, expected: i64) {
-    eventually("every participant reaches the outcome", RECOVERY_TIMEOUT, || async {
+    let deadline = tokio::time::Instant::now() + RECOVERY_TIMEOUT;
+    loop {
+        let mut seen = Vec::new();
         for name in NAMES {
-            if cluster.counter(name, key).await != expected || cluster.in_doubt(name).await != 0 {
-                return None;
-            }
+            seen.push((name, cluster.counter(name, key).await, cluster.in_doubt(name).await));
         }
-        Some(())
-    })
-    .await;
+        if seen.iter().all(|(_, value, in_doubt)| *value == expected && *in_doubt == 0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "participants did not settle at {key}={expected} with nothing in doubt within \
+             {RECOVERY_TIMEOUT:?}; (name, value, in doubt): {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A transaction across three participants commits on all of them; GetTransaction ends at
@@ -571,4 +583,47 @@ async fn list_pages_through_every_transaction() {
         .unwrap()
         .into_inner();
     assert!(aborted.transactions.is_empty());
+}
+
+/// With frequent checkpoints and small segments the decision log stays small, and after a
+/// SIGKILL the restarted coordinator still knows every outcome, from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_bound_the_log_and_keep_every_outcome_across_sigkill() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.coordinator_extra =
+        ["--checkpoint-every", "20", "--segment-bytes", "4096"].map(String::from).to_vec();
+    cluster.coordinator.take().unwrap().kill();
+    cluster.start_coordinator(&[]).await;
+    let mut client = cluster.client();
+    let mut expected = Vec::new();
+    for i in 0..60 {
+        let id = format!("t-{i:02}");
+        let mut request = credit_all(&id, "k");
+        if i % 3 == 0 {
+            request.branches[1].operations = vec![add("k", -1_000_000)]; // votes NO
+        }
+        let outcome = client.submit(request).await.unwrap().into_inner().outcome();
+        expected.push((id, outcome));
+    }
+    let wal_dir = cluster.root.path().join("coordinator").join("wal");
+    let segments = || {
+        std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".wal"))
+            .count()
+    };
+    eventually("a checkpoint releases old segments", Duration::from_secs(10), || async {
+        (segments() <= 4).then_some(())
+    })
+    .await;
+    cluster.coordinator.as_mut().unwrap().kill();
+    cluster.coordinator.take();
+    cluster.start_coordinator(&[]).await;
+    let mut client = cluster.client();
+    for (id, outcome) in &expected {
+        assert_eq!(get(&mut client, id).await.outcome(), *outcome, "{id}");
+    }
+    let committed = expected.iter().filter(|(_, o)| *o == v1::Outcome::Committed).count();
+    assert_eq!(committed, 40, "every third transaction votes NO, the rest commit");
+    settle(&cluster, "k", 10 * 40).await;
 }

@@ -101,17 +101,11 @@ pub struct DemoArgs {
 
 /// Runs the demo; exits 0 if the final check passed, 1 if not.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let mut interrupts = Interrupts::install();
+    let interrupts = Interrupts::install();
     prepare_data_dir(&args.data_dir, args.keep_data)?;
     let exe = std::env::current_exe().context("finding the concord binary to start servers")?;
     let mut cluster = Cluster::default();
-    let outcome = tokio::select! {
-        outcome = run_with_cluster(&args, &exe, &mut cluster, interrupts.clone()) => outcome,
-        () = interrupts.after(0) => {
-            eprintln!("\ninterrupted before the workload ran: stopping the servers");
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
-        }
-    };
+    let outcome = run_with_cluster(&args, &exe, &mut cluster, interrupts).await;
     if !cluster.is_empty() {
         eprintln!("stopping the servers...");
     }
@@ -121,13 +115,70 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     outcome
 }
 
-/// Everything between starting the servers and the verdict.
+/// What the setup phase produced.
+struct Setup {
+    client: Client,
+    readers: Vec<(String, ParticipantReader)>,
+    before: Balances,
+}
+
+/// Everything between starting the servers and the verdict. Ctrl-C during setup stops at
+/// once; during the workload it ends the workload and the check still runs; after that it
+/// skips the check.
 async fn run_with_cluster(
     args: &DemoArgs,
     exe: &Path,
     cluster: &mut Cluster,
     mut interrupts: Interrupts,
 ) -> anyhow::Result<ExitCode> {
+    let bank = Bank {
+        accounts: args.accounts,
+        initial_balance: args.initial_balance,
+        max_amount: args.max_amount,
+    };
+    let run_id = run_id();
+    let setup = tokio::select! {
+        setup = set_up(args, exe, cluster, &bank, &run_id) => setup?,
+        () = interrupts.after(0) => {
+            eprintln!("\ninterrupted before the workload ran");
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+    };
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    eprintln!(
+        "running transfers for {} with {} concurrent clients (seed {seed}; Ctrl-C ends early)",
+        format_duration(args.duration),
+        args.concurrency
+    );
+    let workload = run_workload(
+        &setup.client,
+        &bank,
+        &run_id,
+        args.concurrency,
+        args.duration,
+        seed,
+        &mut interrupts,
+    )
+    .await;
+    // The interrupt that ended the workload, if one did, is spent; any other skips the check.
+    let seen = u32::from(workload.interrupted);
+    tokio::select! {
+        verdict = finish(&setup, &bank, workload, cluster) => verdict,
+        () = interrupts.after(seen) => {
+            eprintln!("\ninterrupted: skipping the final check");
+            Ok(ExitCode::from(EXIT_INTERRUPTED))
+        }
+    }
+}
+
+/// Starts the servers, connects, loads the accounts and reads them back.
+async fn set_up(
+    args: &DemoArgs,
+    exe: &Path,
+    cluster: &mut Cluster,
+    bank: &Bank,
+    run_id: &str,
+) -> anyhow::Result<Setup> {
     eprintln!("concord demo: data and logs in {}", args.data_dir.display());
     cluster.start(exe, &args.data_dir).await?;
     for server in cluster.servers() {
@@ -145,53 +196,21 @@ async fn run_with_cluster(
             ParticipantReader::connect(&server.address.to_string(), CALL_TIMEOUT)?,
         ));
     }
-    let bank = Bank {
-        accounts: args.accounts,
-        initial_balance: args.initial_balance,
-        max_amount: args.max_amount,
-    };
-    let run_id = run_id();
     eprintln!(
         "loading {} accounts ({} per participant, balance {} each)...",
         thousands(u64::from(bank.accounts) * PARTICIPANTS.len() as u64),
         thousands(u64::from(bank.accounts)),
         thousands(bank.initial_balance.unsigned_abs())
     );
-    load_accounts(&client, &bank, &run_id).await?;
-    let before = read_balances(&readers, &bank).await;
+    load_accounts(&client, bank, run_id).await?;
+    let before = read_balances(&readers, bank).await;
     if !before.problems.is_empty() {
         anyhow::bail!(
             "the accounts did not load as expected: {}",
             before.problems.first().map_or("", String::as_str)
         );
     }
-
-    let seed = args.seed.unwrap_or_else(clock_seed);
-    eprintln!(
-        "running transfers for {} with {} concurrent clients (seed {seed}; Ctrl-C ends early)",
-        format_duration(args.duration),
-        args.concurrency
-    );
-    let workload = run_workload(
-        &client,
-        &bank,
-        &run_id,
-        args.concurrency,
-        args.duration,
-        seed,
-        &mut interrupts,
-    )
-    .await;
-
-    // The final phase: a further Ctrl-C skips it.
-    let seen = interrupts.count();
-    tokio::select! {
-        verdict = finish(&client, &readers, &bank, &before, workload, cluster) => verdict,
-        () = interrupts.after(seen) => {
-            eprintln!("\ninterrupted again: skipping the final check");
-            Ok(ExitCode::from(EXIT_INTERRUPTED))
-        }
-    }
+    Ok(Setup { client, readers, before })
 }
 
 // ───────────────────────────── Data directory ─────────────────────────────
@@ -437,6 +456,8 @@ async fn start_server(
             command.env_remove(key);
         }
     }
+    // The logs are files: no colour codes in them.
+    command.env("NO_COLOR", "1");
     let mut child = command.spawn().with_context(|| format!("starting the {label}"))?;
     let stdout = child.stdout.take().context("the child's stdout was not captured")?;
     let mut lines = BufReader::new(stdout).lines();
@@ -541,11 +562,6 @@ impl Interrupts {
             }
         });
         Interrupts { count }
-    }
-
-    /// Interrupts so far.
-    fn count(&self) -> u32 {
-        *self.count.borrow()
     }
 
     /// Resolves once more than `seen` interrupts have arrived (never, if signals are not
@@ -1092,13 +1108,12 @@ struct Check {
 /// Resolves, settles, reads, checks and prints the summary.
 #[allow(clippy::print_stdout)]
 async fn finish(
-    client: &Client,
-    readers: &[(String, ParticipantReader)],
+    setup: &Setup,
     bank: &Bank,
-    before: &Balances,
     workload: WorkloadReport,
     cluster: &mut Cluster,
 ) -> anyhow::Result<ExitCode> {
+    let Setup { client, readers, before } = setup;
     let stats = &workload.stats;
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     if !stats.unknown.is_empty() {
@@ -1519,6 +1534,39 @@ mod tests {
         prepare_data_dir(&ours, false).unwrap();
         assert!(!ours.join("old.log").exists());
         assert!(ours.join(MARKER_FILE).exists());
+    }
+
+    /// A server that exits before announcing its address is reported with its exit status and
+    /// the end of its log.
+    #[tokio::test]
+    async fn a_server_that_dies_early_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = vec!["-c".into(), "echo 'cannot open the store' >&2; exit 3".into()];
+        let error = start_server(Path::new("/bin/sh"), "test server".into(), "t", args, dir.path())
+            .await
+            .err()
+            .expect("the server exits");
+        let text = format!("{error:#}");
+        assert!(text.contains("exited before it was ready"), "{text}");
+        assert!(text.contains("cannot open the store"), "{text}");
+    }
+
+    /// A server's address is read from its `listening on` line, and stopping it sends SIGTERM
+    /// to its own pid.
+    #[tokio::test]
+    async fn a_ready_server_is_found_and_stopped_by_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo starting; echo 'listening on 127.0.0.1:4567'; exec sleep 30";
+        let args = vec!["-c".into(), script.into()];
+        let server =
+            start_server(Path::new("/bin/sh"), "test server".into(), "t", args, dir.path())
+                .await
+                .unwrap();
+        assert_eq!(server.address, "127.0.0.1:4567".parse().unwrap());
+        let started = Instant::now();
+        let note = server.stop().await.expect("sleep dies of SIGTERM, which is not a clean exit");
+        assert!(note.contains("after SIGTERM"), "{note}");
+        assert!(started.elapsed() < STOP_GRACE, "stopped by SIGTERM, not by the kill fallback");
     }
 
     /// Account keys sort inside the scanned range.

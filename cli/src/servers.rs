@@ -120,6 +120,9 @@ pub struct CoordinatorArgs {
     /// Take a checkpoint after this many decision-log records.
     #[arg(long, env = "CONCORD_CHECKPOINT_EVERY", default_value_t = 200_000)]
     checkpoint_every: u64,
+    /// Size at which a log segment is closed and a new one started.
+    #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    segment_bytes: u64,
 }
 
 /// The TOML form of the coordinator's settings.
@@ -173,8 +176,14 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     if args.max_inflight == 0 {
         anyhow::bail!("--max-inflight must be at least 1");
     }
-    let wal = FileWal::open(&data_dir.join("wal"), FileWalOptions::default())
-        .with_context(|| format!("opening the decision log in {}", data_dir.display()))?;
+    let wal = FileWal::open(
+        &data_dir.join("wal"),
+        FileWalOptions {
+            segment_bytes: args.segment_bytes,
+            max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+        },
+    )
+    .with_context(|| format!("opening the decision log in {}", data_dir.display()))?;
     let config = concord_coordinator::CoordinatorConfig {
         participants,
         call_timeout: Duration::from_millis(call_timeout_ms),

@@ -466,9 +466,8 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         Ok(info) => info,
         Err(ClientError::Rejected { kind: concord_client::RejectKind::NotFound, message }) => {
             anyhow::bail!(
-                "the coordinator does not know txn {} ({message}); --fence-unknown records it \
-                 as aborted so it can never commit",
-                args.txn_id
+                "{message}\n(--fence-unknown records an unknown id as aborted, so it can never \
+                 commit)"
             )
         }
         Err(ClientError::Unknown { cause, message, .. }) => {

@@ -112,6 +112,8 @@ pub struct Entry {
     pub deadline_unix_ms: u64,
     /// Signalled once every Commit is acknowledged (a permit is stored if nobody waits yet).
     delivered: Arc<tokio::sync::Notify>,
+    /// The LSN of the abort record, which must be durable before anyone is told ABORTED.
+    abort_lsn: Option<Lsn>,
 }
 
 impl Entry {
@@ -128,6 +130,7 @@ impl Entry {
             finished_unix_ms: 0,
             deadline_unix_ms: 0,
             delivered: Arc::new(tokio::sync::Notify::new()),
+            abort_lsn: None,
         }
     }
 
@@ -245,7 +248,11 @@ impl<W: Wal> Coordinator<W> {
                     let branches = replayed.participants.len();
                     let machine = TxnMachine::finished(branches, Phase::Aborted(cause.clone()));
                     coordinator.insert_recovered(&txn, &replayed, machine);
-                    coordinator.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause })?;
+                    let lsn = coordinator
+                        .append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause })?;
+                    if let Some(entry) = coordinator.table().entries.get_mut(&txn) {
+                        entry.abort_lsn = Some(lsn);
+                    }
                     let sends = (0..branches).map(|branch| Output::SendAbort { branch }).collect();
                     coordinator.carry_out(&txn, sends);
                     coordinator.finish(&txn);
@@ -285,8 +292,10 @@ impl<W: Wal> Coordinator<W> {
     /// Runs a new transaction to a decision, or returns the state of a known one.
     pub async fn submit(self: &Arc<Self>, new: NewTxn) -> Result<Entry, CoordinatorError> {
         self.refuse_if_failed()?;
-        if let Some(entry) = self.table().entries.get(&new.txn) {
-            return Ok(entry.clone());
+        if self.get(&new.txn).is_some() {
+            return self.get_durable(&new.txn).await?.ok_or_else(|| {
+                CoordinatorError::NotFound(format!("transaction {} vanished", new.txn))
+            });
         }
         let permit = Arc::clone(&self.inflight).try_acquire_owned().map_err(|_| {
             CoordinatorError::Overloaded(format!(
@@ -323,8 +332,20 @@ impl<W: Wal> Coordinator<W> {
             Ok(()) => {}
             Err(_) => return Err(CoordinatorError::Fatal("the transaction's task ended".into())),
         }
-        self.get(&txn)
+        self.get_durable(&txn)
+            .await?
             .ok_or_else(|| CoordinatorError::NotFound(format!("transaction {txn} vanished")))
+    }
+
+    /// A copy of one transaction's entry, once what it says is durable: an ABORTED outcome is
+    /// only told after its abort record is synced (a COMMIT is durable before the phase can say
+    /// so), so no answer given can be forgotten by a crash.
+    pub async fn get_durable(&self, txn: &TxnId) -> Result<Option<Entry>, CoordinatorError> {
+        let Some(entry) = self.get(txn) else { return Ok(None) };
+        if let Some(lsn) = entry.abort_lsn {
+            self.wal.wait_durable(lsn).await.map_err(|e| self.fail(e.to_string()))?;
+        }
+        Ok(Some(entry))
     }
 
     /// A copy of one transaction's entry.
@@ -430,11 +451,13 @@ impl<W: Wal> Coordinator<W> {
         };
         let (_, mut pending) = TxnMachine::start(new.participants.len());
         let mut prepares = tokio::task::JoinSet::new();
+        let mut aborts = tokio::task::JoinSet::new();
         let mut deadline_seen = false;
         loop {
             // Carrying out an output can produce more (STARTED durable → send Prepare): drain
             // them all before waiting for the next answer.
             while !pending.is_empty() {
+                let mut reply_now = false;
                 for output in std::mem::take(&mut pending) {
                     match output {
                         Output::ForceStarted => {
@@ -510,12 +533,24 @@ impl<W: Wal> Coordinator<W> {
                             // A commit still being delivered replies once delivered (below).
                             let delivering = *entry.machine.phase() == Phase::Committing;
                             drop(table);
-                            if !delivering && let Some(reply) = reply.take() {
-                                let _ = reply.send(());
+                            // Reply once this batch is carried out: an abort's record is
+                            // appended in the same batch, and the reply must see its LSN.
+                            reply_now |= !delivering;
+                        }
+                        Output::SendAbort { branch } => {
+                            if let Some(abort) = self.send_abort(&txn, branch) {
+                                aborts.spawn(abort);
                             }
                         }
                         other => self.carry_out(&txn, vec![other]),
                     }
+                }
+                if reply_now && let Some(reply) = reply.take() {
+                    // Let the Aborts just sent land first (each bounded by the call timeout), so
+                    // that ABORTED also means the locks are released wherever that was possible
+                    // and the client's next transaction does not collide with this one.
+                    while aborts.join_next().await.is_some() {}
+                    let _ = reply.send(());
                 }
             }
             if prepares.is_empty() {
@@ -533,6 +568,9 @@ impl<W: Wal> Coordinator<W> {
                 }
             }
         }
+        // Aborts sent after the reply (to late YES votes) must outlive this task: a JoinSet
+        // cancels what it still holds when dropped.
+        aborts.detach_all();
         // A commit being delivered: reply once every participant acknowledged, so the client
         // reads its own writes and its next transaction does not conflict with this one — but
         // wait no longer than the deadline plus one call, then reply COMMITTED (state
@@ -568,18 +606,8 @@ impl<W: Wal> Coordinator<W> {
                     tokio::spawn(async move { this.deliver_commit(txn, branch).await });
                 }
                 Output::SendAbort { branch } => {
-                    if let Some(client) = self.client_for(txn, branch) {
-                        let request = v1::AbortRequest {
-                            txn_id: txn.to_string(),
-                            epoch: self.epoch.0,
-                            deadline_unix_ms: self.get(txn).map_or(0, |e| e.deadline_unix_ms),
-                        };
-                        tokio::spawn(async move {
-                            // One attempt: presumed abort needs no acknowledgement; a participant
-                            // that misses it asks us and hears ABORTED.
-                            let mut client = client;
-                            let _ = client.abort(request).await;
-                        });
+                    if let Some(abort) = self.send_abort(txn, branch) {
+                        tokio::spawn(abort);
                     }
                 }
                 Output::ProbeOnePhase => {
@@ -596,8 +624,11 @@ impl<W: Wal> Coordinator<W> {
                     }
                 }
                 Output::LogAbort(cause) => {
-                    if self.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause }).is_ok()
-                    {
+                    let record = CoordinatorRecord::Aborted { txn: txn.clone(), cause };
+                    if let Ok(lsn) = self.append(&record) {
+                        if let Some(entry) = self.table().entries.get_mut(txn) {
+                            entry.abort_lsn = Some(lsn);
+                        }
                         self.finish(txn);
                     }
                 }
@@ -609,6 +640,24 @@ impl<W: Wal> Coordinator<W> {
                 }
             }
         }
+    }
+
+    /// One Abort to one branch. One attempt: presumed abort needs no acknowledgement, and a
+    /// participant that misses it asks and hears ABORTED.
+    fn send_abort(
+        &self,
+        txn: &TxnId,
+        branch: usize,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let mut client = self.client_for(txn, branch)?;
+        let request = v1::AbortRequest {
+            txn_id: txn.to_string(),
+            epoch: self.epoch.0,
+            deadline_unix_ms: self.get(txn).map_or(0, |e| e.deadline_unix_ms),
+        };
+        Some(async move {
+            let _ = client.abort(request).await;
+        })
     }
 
     /// Sends Commit to one branch until it is acknowledged, with bounded exponential backoff.
@@ -944,4 +993,89 @@ pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(id: &str) -> TxnId {
+        TxnId::parse(id, "txn_id").unwrap()
+    }
+
+    fn started(id: &str) -> CoordinatorRecord {
+        CoordinatorRecord::Started {
+            txn: txn(id),
+            participants: vec!["a".into(), "b".into()],
+            created_unix_ms: 1,
+            deadline_unix_ms: 2,
+        }
+    }
+
+    fn commit(id: &str, pending: Vec<usize>) -> CoordinatorRecord {
+        CoordinatorRecord::Commit {
+            txn: txn(id),
+            participants: vec!["a".into(), "b".into()],
+            pending,
+            decided_unix_ms: 3,
+        }
+    }
+
+    fn state(replay: &Replay, id: &str) -> &'static str {
+        match replay.txns.get(&txn(id)).map(|t| &t.state) {
+            None => "unknown",
+            Some(ReplayedState::Started) => "started",
+            Some(ReplayedState::Committing { .. }) => "committing",
+            Some(ReplayedState::Finished(Phase::Committed)) => "committed",
+            Some(ReplayedState::Finished(_)) => "aborted",
+        }
+    }
+
+    /// Replay rebuilds each kind of transaction; a checkpoint replaces what came before it, and
+    /// records that running transactions appended between the checkpoint's begin and end (a
+    /// decision taken meanwhile) are applied on top rather than lost.
+    #[test]
+    fn replay_keeps_decisions_interleaved_with_a_checkpoint() {
+        let mut replay = Replay::default();
+        for record in [
+            CoordinatorRecord::Epoch(Epoch(4)),
+            started("undecided"),
+            started("decided-during-checkpoint"),
+            commit("delivering", vec![0, 1]),
+            started("aborted"),
+            CoordinatorRecord::Aborted { txn: txn("aborted"), cause: AbortCause::Deadline },
+            CoordinatorRecord::Fenced { txn: txn("fenced") },
+            commit("done", vec![0]),
+            CoordinatorRecord::End { txn: txn("done") },
+            CoordinatorRecord::CheckpointBegin { id: 9, epoch: Epoch(4) },
+            // Interleaved: decided after the checkpoint's snapshot was taken.
+            commit("decided-during-checkpoint", vec![1]),
+            CoordinatorRecord::CheckpointEntries(vec![
+                started("undecided"),
+                started("decided-during-checkpoint"),
+                commit("delivering", vec![1]),
+                started("aborted"),
+                CoordinatorRecord::Aborted { txn: txn("aborted"), cause: AbortCause::Deadline },
+                CoordinatorRecord::Fenced { txn: txn("fenced") },
+                commit("done", vec![]),
+                CoordinatorRecord::End { txn: txn("done") },
+            ]),
+            CoordinatorRecord::CheckpointEnd { id: 9 },
+            // An unfinished checkpoint at the tail changes nothing.
+            CoordinatorRecord::CheckpointBegin { id: 10, epoch: Epoch(4) },
+        ] {
+            replay.apply(record);
+        }
+        assert_eq!(replay.max_epoch, Epoch(4));
+        assert_eq!(state(&replay, "undecided"), "started");
+        assert_eq!(state(&replay, "decided-during-checkpoint"), "committing");
+        assert_eq!(state(&replay, "delivering"), "committing");
+        assert_eq!(state(&replay, "aborted"), "aborted");
+        assert_eq!(state(&replay, "fenced"), "aborted");
+        assert_eq!(state(&replay, "done"), "committed");
+        match &replay.txns[&txn("delivering")].state {
+            ReplayedState::Committing { pending } => assert_eq!(pending, &vec![1]),
+            _ => unreachable!(),
+        }
+    }
 }

@@ -236,7 +236,7 @@ impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
     ) -> Result<Response<v1::GetTransactionResponse>, Status> {
         let request = request.into_inner();
         let txn = TxnId::parse(&request.txn_id, "txn_id").map_err(|e| convert::invalid(&e))?;
-        let entry = match self.coordinator.get(&txn) {
+        let entry = match self.coordinator.get_durable(&txn).await.map_err(status)? {
             Some(entry) => entry,
             None if request.fence_unknown => self.coordinator.fence(&txn).await.map_err(status)?,
             None => {

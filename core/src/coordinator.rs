@@ -296,30 +296,9 @@ impl TxnMachine {
         if self.branches.get(branch) != Some(&BranchStatus::Preparing) {
             return Vec::new(); // a duplicate or late answer
         }
-        if self.phase != Phase::Preparing {
-            // The transaction already aborted; a late YES must be told.
-            return match result {
-                PrepareResult::Voted(Vote::Yes)
-                | PrepareResult::Timeout
-                | PrepareResult::Unreachable(_) => {
-                    self.branches[branch] = BranchStatus::Aborted;
-                    vec![Output::SendAbort { branch }]
-                }
-                PrepareResult::OnePhaseCommitted => {
-                    unreachable!(
-                        "one-phase commit has one branch, which cannot abort before it answers"
-                    )
-                }
-                PrepareResult::Voted(vote) => {
-                    self.branches[branch] = if vote == Vote::ReadOnly {
-                        BranchStatus::ReadOnly
-                    } else {
-                        BranchStatus::VotedNo(vote)
-                    };
-                    Vec::new()
-                }
-            };
-        }
+        // Only a branch still marked Preparing gets here, and every phase but Preparing has
+        // marked every branch otherwise (an abort marks the unanswered ones aborted).
+        debug_assert_eq!(self.phase, Phase::Preparing, "an answer arrived after the decision");
         match result {
             PrepareResult::OnePhaseCommitted => {
                 self.branches[branch] = BranchStatus::Committed;
@@ -390,9 +369,11 @@ impl TxnMachine {
             vec![Output::Reply(Decision::Aborted(cause.clone())), Output::LogAbort(cause)];
         for branch in 0..self.branches.len() {
             match self.branches[branch] {
-                // Prepared, or maybe prepared: tell it. Still preparing: its answer will be
-                // handled when it comes (a late YES gets an Abort then).
-                BranchStatus::Prepared | BranchStatus::Unknown => {
+                // Prepared, maybe prepared, or not answered yet: tell it now. An Abort that
+                // overtakes its Prepare leaves a barrier there, so the Prepare cannot lock
+                // later; one that follows it releases the locks at once, without waiting for
+                // the vote to come back.
+                BranchStatus::Prepared | BranchStatus::Unknown | BranchStatus::Preparing => {
                     self.branches[branch] = BranchStatus::Aborted;
                     outputs.push(Output::SendAbort { branch });
                 }
@@ -523,10 +504,10 @@ mod tests {
         assert_eq!(machine.phase(), &Phase::Committed);
     }
 
-    /// A NO aborts with its reason, nothing forced, and Abort goes to every prepared branch; a
-    /// YES arriving after the abort gets an Abort too.
+    /// A NO aborts with its reason, nothing forced, and Abort goes at once to every branch that
+    /// may hold locks, including one whose vote has not arrived; its late YES changes nothing.
     #[test]
-    fn a_no_vote_aborts_and_late_yes_is_aborted() {
+    fn a_no_vote_aborts_every_branch_that_may_hold_locks() {
         let (mut machine, _) = TxnMachine::start(3);
         machine.handle(yes(0));
         let no = Vote::no(NoReason::BoundCrossed, "low");
@@ -537,10 +518,11 @@ mod tests {
             vec![
                 Output::Reply(Decision::Aborted(cause.clone())),
                 Output::LogAbort(cause),
-                Output::SendAbort { branch: 0 }
+                Output::SendAbort { branch: 0 },
+                Output::SendAbort { branch: 2 }
             ]
         );
-        assert_eq!(machine.handle(yes(2)), vec![Output::SendAbort { branch: 2 }]);
+        assert_eq!(machine.handle(yes(2)), vec![], "branch 2 was already sent an Abort");
     }
 
     /// A timeout or unreachable participant is never read as NO or done: it aborts, and the

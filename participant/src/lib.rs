@@ -7,7 +7,7 @@
 //! - [`resolver`]: the termination protocol for in-doubt branches.
 //! - [`serve`]: runs all of it on a listener the caller bound, until shutdown.
 //!
-//! DESIGN.md "Protocol rules" and "Storage" are the specification; docs/participant.md says how
+//! DESIGN.md "Protocol rules" and "Storage" are the specification; docs/operations.md says how
 //! to run and operate it.
 
 pub mod node;

@@ -241,7 +241,7 @@ impl<W: Wal, S: Store> Node<W, S> {
     }
 
     /// The committed value of `key`. A key locked by a prepared branch reads as its last
-    /// committed value (read committed; see docs/participant.md).
+    /// committed value (read committed; see docs/protocol.md, "Isolation").
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, NodeError> {
         self.refuse_if_failed()?;
         self.store.get(key).map_err(|e| self.check_fatal(e.into()))
