@@ -3,6 +3,8 @@
 //! acknowledged commit exactly once and every in-doubt branch with its locks, and checkpoints
 //! release the log below them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use concord_core::participant::{EngineLimits, PrepareInput};
