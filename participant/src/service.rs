@@ -94,7 +94,7 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
         let deadline = request.get_ref().deadline_unix_ms;
         let step = self.node.abort(&txn, (deadline != 0).then_some(deadline)).map_err(status)?;
         if step == AbortStep::Barrier {
-            tracing::info!(txn_id = %txn, participant = %self.node.name(), "abort before prepare: barrier recorded");
+            tracing::debug!(txn_id = %txn, participant = %self.node.name(), "abort before prepare: barrier recorded");
         }
         Ok(Response::new(v1::AbortResponse {}))
     }

@@ -6,6 +6,11 @@
 //! that [`Wal::wait_durable`] waits on. Whatever arrives while a sync runs goes into the next
 //! batch: that is group commit, with no timer and no extra latency for a lone appender.
 //!
+//! The writer syncs when someone waits: [`Wal::wait_durable`] asks for a sync, a plain append
+//! does not. Records nobody waits for (presumed-abort records, bookkeeping) ride along with the
+//! next requested sync, or are written at most [`LAZY_FLUSH_INTERVAL`] later, so they never cost
+//! a sync of their own or delay one that someone is waiting for.
+//!
 //! The writer rolls to a new segment between batches once the current one reaches
 //! [`FileWalOptions::segment_bytes`]. [`Wal::truncate_before`] deletes whole segments below a
 //! checkpoint; the segment being written is never deleted.
@@ -23,6 +28,9 @@ use tokio::sync::watch;
 
 use crate::format::{self, Decoded};
 use crate::{Lsn, Record, RecordIter, Wal, WalError};
+
+/// Records nobody waits for are written and synced at most this long after their append.
+pub const LAZY_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Buffers larger than this are released after their batch is written, so one burst does not
 /// pin its memory forever.
@@ -80,6 +88,8 @@ struct AppendState {
     next_lsn: Lsn,
     /// Set once a write or sync failed: every later append fails with it.
     failed: Option<String>,
+    /// Someone waits for a record in `buffer` to become durable: sync without delay.
+    sync_requested: bool,
     /// Whether, and how, the writer should stop.
     stop: Stop,
 }
@@ -154,6 +164,7 @@ impl FileWal {
                 buffer: Vec::new(),
                 next_lsn: last_lsn.next(),
                 failed: None,
+                sync_requested: false,
                 stop: Stop::No,
             }),
             wake: Condvar::new(),
@@ -226,14 +237,16 @@ impl Wal for FileWal {
         let lsn = state.next_lsn;
         format::encode_record(&mut state.buffer, lsn, payload);
         state.next_lsn = lsn.next();
-        drop(state);
-        self.shared.wake.notify_one();
         Ok(lsn)
     }
 
     fn wait_durable(&self, lsn: Lsn) -> impl Future<Output = Result<(), WalError>> + Send {
         assert!(lsn <= self.last_lsn(), "waiting for LSN {lsn}, which was never appended");
         let mut receiver = self.shared.durable.subscribe();
+        if self.durable_lsn() < lsn {
+            lock(&self.shared.state).sync_requested = true;
+            self.shared.wake.notify_one();
+        }
         async move {
             let seen = receiver
                 .wait_for(|d| d.lsn >= lsn || d.failed.is_some() || d.stopped)
@@ -301,11 +314,22 @@ fn run_writer(shared: &Shared, mut file: File, mut file_len: u64) {
     loop {
         let batch_last = {
             let mut state = lock(&shared.state);
-            while state.buffer.is_empty() && state.stop == Stop::No {
-                state = shared.wake.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Wait until a sync is asked for, lazy records are due, or the log stops.
+            let mut lazy_due = false;
+            while !(state.sync_requested || state.stop != Stop::No || lazy_due) {
+                let (next, timeout) = shared
+                    .wake
+                    .wait_timeout(state, LAZY_FLUSH_INTERVAL)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state = next;
+                lazy_due = timeout.timed_out() && !state.buffer.is_empty();
             }
-            if state.stop == Stop::Crash || state.buffer.is_empty() {
+            state.sync_requested = false;
+            if state.stop == Stop::Crash || (state.buffer.is_empty() && state.stop == Stop::Drain) {
                 break;
+            }
+            if state.buffer.is_empty() {
+                continue; // the waiter's records were in the batch just synced
             }
             std::mem::swap(&mut state.buffer, &mut batch);
             Lsn(state.next_lsn.0 - 1)
@@ -657,6 +681,22 @@ mod tests {
         assert!(matches!(wal.append(b"after"), Err(WalError::Failed(_))));
         assert_eq!(wal.durable_lsn(), Lsn(1));
         assert!(matches!(wal.close(), Err(WalError::Failed(_))));
+    }
+
+    /// A record nobody waits for still becomes durable on its own, soon after its append.
+    #[tokio::test]
+    async fn lazy_records_become_durable_without_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = FileWal::open(dir.path(), FileWalOptions::default()).unwrap();
+        let lsn = wal.append(b"lazy").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while wal.durable_lsn() < lsn {
+            assert!(std::time::Instant::now() < deadline, "never synced");
+            tokio::time::sleep(LAZY_FLUSH_INTERVAL).await;
+        }
+        wal.crash();
+        let reopened = FileWal::open(dir.path(), FileWalOptions::default()).unwrap();
+        assert_eq!(reopened.last_lsn(), lsn);
     }
 
     /// A second open of the same directory is refused while the first holds it.
