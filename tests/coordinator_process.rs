@@ -627,3 +627,82 @@ async fn checkpoints_bound_the_log_and_keep_every_outcome_across_sigkill() {
     assert_eq!(committed, 40, "every third transaction votes NO, the rest commit");
     settle(&cluster, "k", 10 * 40).await;
 }
+
+/// Beyond `--max-inflight` undecided transactions, Submit is RESOURCE_EXHAUSTED at once; the
+/// slot frees when the first transaction is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submits_beyond_the_inflight_limit_are_resource_exhausted() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.coordinator_extra = ["--max-inflight", "1"].map(String::from).to_vec();
+    cluster.coordinator.take().unwrap().kill();
+    cluster.start_coordinator(&[]).await;
+    // A paused participant never answers: the first transaction holds the only slot until its
+    // deadline.
+    cluster.participant_mut("gamma").process().signal("STOP").unwrap();
+    let mut first_client = cluster.client();
+    let slow = v1::SubmitRequest { timeout_ms: 1_500, ..credit_all("t-slow", "k") };
+    let first = tokio::spawn(async move { first_client.submit(slow).await });
+    // Probe with transactions that avoid gamma (so a probe that gets the slot before t-slow
+    // does, commits quickly) until one is refused.
+    let client = cluster.client();
+    let probes = std::sync::atomic::AtomicUsize::new(0);
+    let refused = eventually("the slot is taken", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        let probe = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            let request = v1::SubmitRequest {
+                txn_id: format!("t-probe-{probe}"),
+                branches: vec![
+                    branch("alpha", vec![add("p", 1)]),
+                    branch("beta", vec![add("p", 1)]),
+                ],
+                ..v1::SubmitRequest::default()
+            };
+            match client.submit(request).await {
+                Err(status) if status.code() == Code::ResourceExhausted => Some(status),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    let mut client = client;
+    assert!(refused.message().contains("in flight"), "{}", refused.message());
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert_eq!(first.outcome(), v1::Outcome::Aborted, "gamma never answered before the deadline");
+    cluster.participant_mut("gamma").process().signal("CONT").unwrap();
+    let again = client.submit(credit_all("t-second", "j")).await.unwrap().into_inner();
+    assert_eq!(again.outcome(), v1::Outcome::Committed, "a refused id can be submitted again");
+}
+
+/// The coordinator takes its settings from a TOML file, flags overriding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_reads_its_settings_from_a_toml_file() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.coordinator.take().unwrap().kill();
+    let config = cluster.root.path().join("coordinator.toml");
+    let mut text = format!(
+        "listen = \"127.0.0.1:1\"\ndata_dir = {:?}\ncall_timeout_ms = 1000\n[participants]\n",
+        cluster.root.path().join("coordinator").display().to_string()
+    );
+    for (name, participant) in NAMES.iter().zip(&cluster.participants) {
+        text.push_str(&format!("{name} = \"{}\"\n", participant.address()));
+    }
+    std::fs::write(&config, text).unwrap();
+    let args = vec![
+        "coordinator".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+        "--listen".into(), // overrides the file's unusable address
+        cluster.coordinator_address.to_string(),
+    ];
+    let stderr = cluster.root.path().join("coordinator-toml.stderr");
+    cluster.coordinator = Some(ConcordProcess::start(&args, &stderr).await.unwrap());
+    let mut client = cluster.client();
+    let response = client.submit(credit_all("t-toml", "k")).await.unwrap().into_inner();
+    assert_eq!(response.outcome(), v1::Outcome::Committed);
+
+    std::fs::write(&config, "listen = 5\n").unwrap();
+    let mut bad = ConcordProcess::spawn(&args, &cluster.root.path().join("bad.stderr")).unwrap();
+    assert!(!bad.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
+    assert!(bad.stderr().contains("coordinator.toml"), "{}", bad.stderr());
+}

@@ -187,15 +187,21 @@ impl ConcordProcess {
 
     /// Sends SIGTERM (asks for a graceful shutdown) without waiting.
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Sends `kill -SIGNAL` to this process by its pid (for example `STOP` and `CONT` to pause
+    /// and resume it).
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
         if self.child.is_none() {
             bail!("process {} was already reaped", self.pid);
         }
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
+            .args([format!("-{signal}"), self.pid.to_string()])
             .status()
-            .context("running kill -TERM")?;
+            .with_context(|| format!("running kill -{signal}"))?;
         if !status.success() {
-            bail!("kill -TERM {} failed: {status}", self.pid);
+            bail!("kill -{signal} {} failed: {status}", self.pid);
         }
         Ok(())
     }
