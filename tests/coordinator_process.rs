@@ -642,30 +642,25 @@ async fn submits_beyond_the_inflight_limit_are_resource_exhausted() {
     let mut first_client = cluster.client();
     let slow = v1::SubmitRequest { timeout_ms: 1_500, ..credit_all("t-slow", "k") };
     let first = tokio::spawn(async move { first_client.submit(slow).await });
-    // Probe with transactions that avoid gamma (so a probe that gets the slot before t-slow
-    // does, commits quickly) until one is refused.
-    let client = cluster.client();
-    let probes = std::sync::atomic::AtomicUsize::new(0);
-    let refused = eventually("the slot is taken", Duration::from_secs(5), || {
+    let mut client = cluster.client();
+    eventually("t-slow holds the slot", Duration::from_secs(5), || {
         let mut client = client.clone();
-        let probe = probes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
-            let request = v1::SubmitRequest {
-                txn_id: format!("t-probe-{probe}"),
-                branches: vec![
-                    branch("alpha", vec![add("p", 1)]),
-                    branch("beta", vec![add("p", 1)]),
-                ],
-                ..v1::SubmitRequest::default()
-            };
-            match client.submit(request).await {
-                Err(status) if status.code() == Code::ResourceExhausted => Some(status),
-                _ => None,
-            }
+            let request =
+                v1::GetTransactionRequest { txn_id: "t-slow".into(), fence_unknown: false };
+            let info = client.get_transaction(request).await.ok()?.into_inner().transaction?;
+            (info.state() == v1::TxnState::Preparing).then_some(())
         }
     })
     .await;
-    let mut client = client;
+    // A transaction avoiding gamma would commit at once if it got a slot.
+    let probe = v1::SubmitRequest {
+        txn_id: "t-probe".into(),
+        branches: vec![branch("alpha", vec![add("p", 1)]), branch("beta", vec![add("p", 1)])],
+        ..v1::SubmitRequest::default()
+    };
+    let refused = client.submit(probe).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("in flight"), "{}", refused.message());
     let first = first.await.unwrap().unwrap().into_inner();
     assert_eq!(first.outcome(), v1::Outcome::Aborted, "gamma never answered before the deadline");
