@@ -165,7 +165,11 @@ fn credit_all(txn_id: &str, key: &str) -> v1::SubmitRequest {
 
 async fn get(client: &mut CoordinatorClient<Channel>, txn_id: &str) -> v1::TransactionInfo {
     client
-        .get_transaction(v1::GetTransactionRequest { txn_id: txn_id.into(), fence_unknown: false })
+        .get_transaction(v1::GetTransactionRequest {
+            txn_id: txn_id.into(),
+            fence_unknown: false,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -306,6 +310,7 @@ async fn coordinator_killed_before_the_decision_aborts_everywhere_after_restart(
         .get_transaction(v1::GetTransactionRequest {
             txn_id: "t-crash-before".into(),
             fence_unknown: true,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -429,12 +434,17 @@ async fn fencing_an_unknown_id_aborts_it_for_good() {
         .get_transaction(v1::GetTransactionRequest {
             txn_id: "t-late".into(),
             fence_unknown: false,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     let fenced = client
-        .get_transaction(v1::GetTransactionRequest { txn_id: "t-late".into(), fence_unknown: true })
+        .get_transaction(v1::GetTransactionRequest {
+            txn_id: "t-late".into(),
+            fence_unknown: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -530,6 +540,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
             .get_transaction(v1::GetTransactionRequest {
                 txn_id: txn_id.into(),
                 fence_unknown: fence,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -646,8 +657,11 @@ async fn submits_beyond_the_inflight_limit_are_resource_exhausted() {
     eventually("t-slow holds the slot", Duration::from_secs(5), || {
         let mut client = client.clone();
         async move {
-            let request =
-                v1::GetTransactionRequest { txn_id: "t-slow".into(), fence_unknown: false };
+            let request = v1::GetTransactionRequest {
+                txn_id: "t-slow".into(),
+                fence_unknown: false,
+                ..Default::default()
+            };
             let info = client.get_transaction(request).await.ok()?.into_inner().transaction?;
             (info.state() == v1::TxnState::Preparing).then_some(())
         }
@@ -700,4 +714,76 @@ async fn coordinator_reads_its_settings_from_a_toml_file() {
     let mut bad = ConcordProcess::spawn(&args, &cluster.root.path().join("bad.stderr")).unwrap();
     assert!(!bad.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
     assert!(bad.stderr().contains("coordinator.toml"), "{}", bad.stderr());
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+    )
+    .unwrap()
+}
+
+/// Once finished transactions are forgotten (beyond `--retain`), an unknown id that might be
+/// one of them is neither fenced as ABORTED nor run again, across a SIGKILL too; ids submitted
+/// after everything forgotten are fenced and run as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_outcomes_are_never_contradicted_or_rerun() {
+    let mut cluster = Cluster::start(&[]).await;
+    cluster.coordinator_extra =
+        ["--retain", "5", "--checkpoint-every", "5"].map(String::from).to_vec();
+    cluster.coordinator.take().unwrap().kill();
+    cluster.start_coordinator(&[]).await;
+    let mut client = cluster.client();
+    // Ten transactions in quick succession: with room for five, the first five are forgotten
+    // at once, so the horizon is "now". (Sent without a first-submission time, which a client
+    // may omit; a fresh id stamped within CLOCK_SKEW_MARGIN_MS of the horizon would be refused.)
+    let first_submitted = now_ms();
+    for i in 0..10 {
+        let request = credit_all(&format!("t-{i}"), "k");
+        let outcome = client.submit(request).await.unwrap().into_inner().outcome();
+        assert_eq!(outcome, v1::Outcome::Committed);
+    }
+    settle(&cluster, "k", 100).await;
+    let fence = |txn_id: &str, submitted_unix_ms: u64| v1::GetTransactionRequest {
+        txn_id: txn_id.into(),
+        fence_unknown: true,
+        submitted_unix_ms,
+    };
+    for restarted in [false, true] {
+        let missing = client
+            .get_transaction(v1::GetTransactionRequest {
+                txn_id: "t-0".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+        assert!(missing.message().contains("forgotten"), "{}", missing.message());
+        for submitted in [0, first_submitted] {
+            let refused = client.get_transaction(fence("t-0", submitted)).await.unwrap_err();
+            assert_eq!(
+                refused.code(),
+                Code::FailedPrecondition,
+                "restarted {restarted}: {refused:?}"
+            );
+        }
+        let retry = v1::SubmitRequest {
+            first_submitted_unix_ms: first_submitted,
+            ..credit_all("t-0", "k")
+        };
+        let refused = client.submit(retry).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        settle(&cluster, "k", 100).await; // not run a second time
+        if !restarted {
+            cluster.coordinator.as_mut().unwrap().kill();
+            cluster.coordinator.take();
+            cluster.start_coordinator(&[]).await;
+            client = cluster.client();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await; // past the clock-skew margin
+    let fresh = client.get_transaction(fence("t-new", now_ms())).await.unwrap().into_inner();
+    assert_eq!(fresh.transaction.unwrap().outcome(), v1::Outcome::Aborted);
+    let new = v1::SubmitRequest { first_submitted_unix_ms: now_ms(), ..credit_all("t-next", "k") };
+    assert_eq!(client.submit(new).await.unwrap().into_inner().outcome(), v1::Outcome::Committed);
 }

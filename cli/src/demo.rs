@@ -748,7 +748,7 @@ struct Stats {
     /// Aborted transfers by cause label (a small, fixed set of names).
     aborted: BTreeMap<&'static str, u64>,
     /// Transfers whose outcome is unknown, to resolve at the end (at most [`MAX_UNKNOWN`]).
-    unknown: Vec<String>,
+    unknown: Vec<(String, u64)>,
     /// Transfers refused as overloaded (nothing happened; retried later).
     overloaded: u64,
     /// Why the workload stopped early, if it did.
@@ -953,7 +953,7 @@ async fn run_worker(
             }
             if unknown {
                 if stats.unknown.len() < MAX_UNKNOWN {
-                    stats.unknown.push(txn_id);
+                    stats.unknown.push((txn_id, txn.first_submitted_unix_ms()));
                 }
                 if stats.unknown.len() >= MAX_UNKNOWN {
                     stats.fatal.get_or_insert_with(|| {
@@ -1023,14 +1023,18 @@ struct Resolution {
 
 /// Asks for every unknown outcome with `fence_unknown`, so an id the coordinator never saw is
 /// recorded as aborted and can never commit later.
-async fn resolve_unknowns(client: &Client, ids: Vec<String>, deadline: Instant) -> Resolution {
+async fn resolve_unknowns(
+    client: &Client,
+    ids: Vec<(String, u64)>,
+    deadline: Instant,
+) -> Resolution {
     let mut resolution = Resolution::default();
     let mut ids = ids.into_iter();
     let mut running = JoinSet::new();
     loop {
         while running.len() < RESOLVE_CONCURRENCY {
-            let Some(txn_id) = ids.next() else { break };
-            running.spawn(resolve_one(client.clone(), txn_id, deadline));
+            let Some((txn_id, submitted_unix_ms)) = ids.next() else { break };
+            running.spawn(resolve_one(client.clone(), txn_id, submitted_unix_ms, deadline));
         }
         let Some(joined) = running.join_next().await else { break };
         let (txn_id, result) = match joined {
@@ -1055,11 +1059,12 @@ async fn resolve_unknowns(client: &Client, ids: Vec<String>, deadline: Instant) 
 async fn resolve_one(
     client: Client,
     txn_id: String,
+    submitted_unix_ms: u64,
     deadline: Instant,
 ) -> (String, Result<Outcome, String>) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let last = match client.get(&txn_id, true).await {
+        let last = match client.fence(&txn_id, submitted_unix_ms).await {
             Ok(info) if info.outcome != Outcome::Pending => return (txn_id, Ok(info.outcome)),
             Ok(info) => format!("still {}", outcome_str(info.outcome)),
             Err(error) if error.is_rejected() => return (txn_id, Err(error.to_string())),

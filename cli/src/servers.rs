@@ -123,6 +123,10 @@ pub struct CoordinatorArgs {
     /// Size at which a log segment is closed and a new one started.
     #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
+    /// Finished transactions remembered for GetTransaction and idempotent Submit; older ones
+    /// are forgotten, and ids that might be among them are refused rather than run again.
+    #[arg(long, env = "CONCORD_RETAIN", default_value_t = 100_000)]
+    retain: usize,
 }
 
 /// The TOML form of the coordinator's settings.
@@ -176,6 +180,9 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     if args.max_inflight == 0 {
         anyhow::bail!("--max-inflight must be at least 1");
     }
+    if args.retain == 0 {
+        anyhow::bail!("--retain must be at least 1");
+    }
     let wal = FileWal::open(
         &data_dir.join("wal"),
         FileWalOptions {
@@ -188,6 +195,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
         participants,
         call_timeout: Duration::from_millis(call_timeout_ms),
         max_inflight: args.max_inflight,
+        max_retained: args.retain,
         checkpoint_every_records: args.checkpoint_every.max(1),
         ..concord_coordinator::CoordinatorConfig::default()
     };

@@ -120,10 +120,34 @@ impl Client {
         txn_id: &str,
         fence_unknown: bool,
     ) -> Result<TransactionInfo, ClientError> {
+        self.get_transaction(txn_id, fence_unknown, 0).await
+    }
+
+    /// Turns an unknown outcome into a definite one: the state of `txn_id`, and if the
+    /// coordinator has never seen it, a durable ABORTED so a Submit still in flight can never
+    /// commit later. `first_submitted_unix_ms` is the transaction's
+    /// [`Transaction::first_submitted_unix_ms`]: a coordinator that has forgotten old finished
+    /// transactions fences only ids submitted after all of them (others are refused, never
+    /// guessed).
+    pub async fn fence(
+        &self,
+        txn_id: &str,
+        first_submitted_unix_ms: u64,
+    ) -> Result<TransactionInfo, ClientError> {
+        self.get_transaction(txn_id, true, first_submitted_unix_ms).await
+    }
+
+    async fn get_transaction(
+        &self,
+        txn_id: &str,
+        fence_unknown: bool,
+        submitted_unix_ms: u64,
+    ) -> Result<TransactionInfo, ClientError> {
         TxnId::parse(txn_id, "txn_id").map_err(|error| ClientError::invalid(&error))?;
         let mut request = tonic::Request::new(v1::GetTransactionRequest {
             txn_id: txn_id.to_string(),
             fence_unknown,
+            submitted_unix_ms,
         });
         request.set_timeout(self.options.call_timeout);
         let mut inner = self.inner.clone();

@@ -20,13 +20,35 @@ pub struct Transaction {
     branches: Vec<(String, Vec<Operation>)>,
     /// The decision timeout; `None` uses the coordinator's default.
     timeout_ms: Option<u32>,
+    /// When this transaction was built (ms since the Unix epoch), sent with every submission
+    /// of it so a retry after a long silence is recognised as one (see
+    /// `SubmitRequest.first_submitted_unix_ms`). 0 when built by `Default`.
+    first_submitted_unix_ms: u64,
 }
 
 impl Transaction {
-    /// An empty transaction.
+    /// An empty transaction, stamped with the current time as its first submission time.
     #[must_use]
     pub fn new() -> Transaction {
-        Transaction::default()
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Transaction { first_submitted_unix_ms: now, ..Transaction::default() }
+    }
+
+    /// When this transaction was first built for submission (ms since the Unix epoch); pass it
+    /// to `Client::fence` when asking about an unknown outcome.
+    #[must_use]
+    pub fn first_submitted_unix_ms(&self) -> u64 {
+        self.first_submitted_unix_ms
+    }
+
+    /// Sets the first submission time, for a caller that rebuilds a transaction it submitted
+    /// before (for example after a restart) and retries it.
+    #[must_use]
+    pub fn with_first_submitted_unix_ms(mut self, unix_ms: u64) -> Transaction {
+        self.first_submitted_unix_ms = unix_ms;
+        self
     }
 
     /// Sets the transaction id, the idempotency key: resubmitting the same id never runs the
@@ -164,6 +186,7 @@ impl Transaction {
                 .collect(),
             timeout_ms: self.timeout_ms.unwrap_or(0),
             mode: v1::TxnMode::TwoPhase.into(),
+            first_submitted_unix_ms: self.first_submitted_unix_ms,
         }
     }
 }

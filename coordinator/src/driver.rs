@@ -22,6 +22,10 @@ use concord_wal::{Lsn, Wal};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tonic::transport::Channel;
 
+/// How far a client's clock may run ahead of the coordinator's when it says when it first
+/// submitted a transaction; comparisons against the forgotten horizon allow this much.
+pub const CLOCK_SKEW_MARGIN_MS: u64 = 1_000;
+
 /// How the coordinator runs.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -68,6 +72,10 @@ pub enum CoordinatorError {
     /// Unknown id (NOT_FOUND).
     #[error("{0}")]
     NotFound(String),
+    /// The id is unknown but old enough that it may be a finished transaction this coordinator
+    /// has forgotten: it is neither run again nor fenced (FAILED_PRECONDITION).
+    #[error("{0}")]
+    MaybeForgotten(String),
     /// The decision log failed; the coordinator stopped (INTERNAL). Restart to recover.
     #[error("decision log failed: {0}")]
     Fatal(String),
@@ -87,6 +95,8 @@ pub struct NewTxn {
     pub operations: Vec<Vec<v1::Operation>>,
     /// How long it may take to decide.
     pub timeout: Duration,
+    /// When the client first submitted it (0: not given, treated as new).
+    pub first_submitted_unix_ms: u64,
 }
 
 /// One transaction in the table.
@@ -157,6 +167,10 @@ struct Table {
     finished: VecDeque<TxnId>,
     /// Transactions decided COMMIT whose delivery is not finished.
     undelivered: usize,
+    /// Every finished transaction evicted so far was created at or before this time (or, if its
+    /// creation time is unknown, finished by then). An unknown id first submitted at or before
+    /// it may be one of them. Persisted in checkpoints.
+    forgotten_before_unix_ms: u64,
 }
 
 /// The coordinator. Shared behind an `Arc`.
@@ -204,6 +218,7 @@ impl<W: Wal> Coordinator<W> {
             records += 1;
         }
         let epoch = Epoch(replay.max_epoch.0 + 1);
+        let forgotten_before_unix_ms = replay.forgotten_before_unix_ms;
         wal.append_durable(&CoordinatorRecord::Epoch(epoch).encode()).await.map_err(fatal)?;
 
         let (fatal_tx, _) = watch::channel(None);
@@ -222,6 +237,7 @@ impl<W: Wal> Coordinator<W> {
             stopping,
         });
 
+        coordinator.table().forgotten_before_unix_ms = forgotten_before_unix_ms;
         let (mut resumed, mut aborted, mut probed) = (0, 0, 0);
         for (txn, replayed) in replay.txns {
             match &replayed.state {
@@ -304,23 +320,42 @@ impl<W: Wal> Coordinator<W> {
             ))
         })?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        {
+        let known = {
             let mut table = self.table();
-            if let Some(entry) = table.entries.get(&new.txn) {
-                return Ok(entry.clone());
+            let known = table.entries.contains_key(&new.txn);
+            if !known
+                && new.first_submitted_unix_ms != 0
+                && new.first_submitted_unix_ms
+                    <= table.forgotten_before_unix_ms.saturating_add(CLOCK_SKEW_MARGIN_MS)
+            {
+                return Err(CoordinatorError::MaybeForgotten(format!(
+                    "txn_id: {} is unknown here, and first submitted at {} ms, no later than \
+                     finished transactions this coordinator has forgotten (up to {} ms): it may \
+                     have run already, so it is not run again",
+                    new.txn, new.first_submitted_unix_ms, table.forgotten_before_unix_ms
+                )));
             }
-            if table.undelivered >= self.config.max_undelivered {
+            if !known && table.undelivered >= self.config.max_undelivered {
                 return Err(CoordinatorError::Overloaded(format!(
                     "{} committed transactions await delivery, the limit",
                     table.undelivered
                 )));
             }
-            let (machine, _) = TxnMachine::start(new.participants.len());
-            let mut entry = Entry::new(new.participants.clone(), machine, self.epoch);
-            entry.created_unix_ms = now_unix_ms();
-            entry.deadline_unix_ms =
-                entry.created_unix_ms + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX);
-            table.entries.insert(new.txn.clone(), entry);
+            if !known {
+                let (machine, _) = TxnMachine::start(new.participants.len());
+                let mut entry = Entry::new(new.participants.clone(), machine, self.epoch);
+                entry.created_unix_ms = now_unix_ms();
+                entry.deadline_unix_ms = entry.created_unix_ms
+                    + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX);
+                table.entries.insert(new.txn.clone(), entry);
+            }
+            known
+        };
+        if known {
+            // The permit is released unused: the transaction runs (or ran) already.
+            return self.get_durable(&new.txn).await?.ok_or_else(|| {
+                CoordinatorError::NotFound(format!("transaction {} vanished", new.txn))
+            });
         }
         let this = Arc::clone(self);
         let txn = new.txn.clone();
@@ -348,29 +383,58 @@ impl<W: Wal> Coordinator<W> {
         Ok(Some(entry))
     }
 
+    /// Every finished transaction forgotten so far was created at or before this time (0:
+    /// nothing forgotten).
+    pub fn forgotten_before_unix_ms(&self) -> u64 {
+        self.table().forgotten_before_unix_ms
+    }
+
     /// A copy of one transaction's entry.
     pub fn get(&self, txn: &TxnId) -> Option<Entry> {
         self.table().entries.get(txn).cloned()
     }
 
     /// Records an unknown id as aborted for good (forced), so a late Submit cannot commit it.
-    pub async fn fence(&self, txn: &TxnId) -> Result<Entry, CoordinatorError> {
+    ///
+    /// `submitted_unix_ms` is when the client first submitted the id (0: unknown). Once this
+    /// coordinator has forgotten finished transactions, only ids submitted after all of them
+    /// can be fenced: an older id might have committed and been forgotten.
+    pub async fn fence(
+        &self,
+        txn: &TxnId,
+        submitted_unix_ms: u64,
+    ) -> Result<Entry, CoordinatorError> {
         self.refuse_if_failed()?;
         let lsn = {
             let mut table = self.table();
-            if let Some(entry) = table.entries.get(txn) {
-                return Ok(entry.clone());
+            if table.entries.contains_key(txn) {
+                None
+            } else {
+                let horizon = table.forgotten_before_unix_ms;
+                if horizon > 0
+                    && (submitted_unix_ms == 0
+                        || submitted_unix_ms <= horizon.saturating_add(CLOCK_SKEW_MARGIN_MS))
+                {
+                    return Err(CoordinatorError::MaybeForgotten(format!(
+                        "txn_id: {txn} is unknown here, and this coordinator has forgotten finished \
+                     transactions created up to {horizon} ms: it cannot tell whether {txn} was \
+                     one of them, so it does not fence it; submitted_unix_ms (when the id was \
+                     first submitted) must be later than that"
+                    )));
+                }
+                let lsn = self.append(&CoordinatorRecord::Fenced { txn: txn.clone() })?;
+                let machine = TxnMachine::finished(1, Phase::Aborted(AbortCause::Fenced));
+                let mut entry = Entry::new(Vec::new(), machine, self.epoch);
+                entry.finished_unix_ms = now_unix_ms();
+                table.entries.insert(txn.clone(), entry);
+                Some(lsn)
             }
-            let lsn = self.append(&CoordinatorRecord::Fenced { txn: txn.clone() })?;
-            let machine = TxnMachine::finished(1, Phase::Aborted(AbortCause::Fenced));
-            let mut entry = Entry::new(Vec::new(), machine, self.epoch);
-            entry.finished_unix_ms = now_unix_ms();
-            table.entries.insert(txn.clone(), entry);
-            lsn
         };
-        self.finish(txn);
-        self.wal.wait_durable(lsn).await.map_err(|e| self.fail(e.to_string()))?;
-        self.get(txn).ok_or_else(|| CoordinatorError::NotFound(txn.to_string()))
+        if let Some(lsn) = lsn {
+            self.finish(txn);
+            self.wal.wait_durable(lsn).await.map_err(|e| self.fail(e.to_string()))?;
+        }
+        self.get_durable(txn).await?.ok_or_else(|| CoordinatorError::NotFound(txn.to_string()))
     }
 
     /// Transactions in txn-id order after `after`, filtered, at most `limit`.
@@ -410,8 +474,11 @@ impl<W: Wal> Coordinator<W> {
                 entries.extend(checkpoint_records(txn, entry));
             }
             let id = now_unix_ms();
-            let mut lsns =
-                vec![self.append(&CoordinatorRecord::CheckpointBegin { id, epoch: self.epoch })?];
+            let mut lsns = vec![self.append(&CoordinatorRecord::CheckpointBegin {
+                id,
+                epoch: self.epoch,
+                forgotten_before_unix_ms: table.forgotten_before_unix_ms,
+            })?];
             let mut batch = Vec::new();
             let mut size = 0;
             for record in entries {
@@ -588,12 +655,24 @@ impl<W: Wal> Coordinator<W> {
     }
 
     /// Feeds an input to a transaction's machine under the table lock.
+    ///
+    /// An abort's record is appended here, in the same critical section as the phase change,
+    /// so nobody can read ABORTED without the LSN that must be durable before it is told.
     fn handle(&self, txn: &TxnId, input: Input) -> Vec<Output> {
         let mut table = self.table();
-        match table.entries.get_mut(txn) {
-            Some(entry) => entry.machine.handle(input),
-            None => Vec::new(),
+        let Some(entry) = table.entries.get_mut(txn) else { return Vec::new() };
+        let mut outputs = entry.machine.handle(input);
+        let Some(at) = outputs.iter().position(|o| matches!(o, Output::LogAbort(_))) else {
+            return outputs;
+        };
+        let Output::LogAbort(cause) = outputs.remove(at) else { unreachable!("matched above") };
+        // A failed append has marked the coordinator failed; every answer now refuses.
+        if let Ok(lsn) = self.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause }) {
+            entry.abort_lsn = Some(lsn);
         }
+        drop(table);
+        self.finish(txn);
+        outputs
     }
 
     /// Carries out outputs that need no waiting: sends and lazy log records.
@@ -623,16 +702,8 @@ impl<W: Wal> Coordinator<W> {
                         entry.delivered.notify_one();
                     }
                 }
-                Output::LogAbort(cause) => {
-                    let record = CoordinatorRecord::Aborted { txn: txn.clone(), cause };
-                    if let Ok(lsn) = self.append(&record) {
-                        if let Some(entry) = self.table().entries.get_mut(txn) {
-                            entry.abort_lsn = Some(lsn);
-                        }
-                        self.finish(txn);
-                    }
-                }
-                Output::Reply(_)
+                Output::LogAbort(_)
+                | Output::Reply(_)
                 | Output::SendPrepare { .. }
                 | Output::ForceCommit { .. }
                 | Output::ForceStarted => {
@@ -771,8 +842,31 @@ impl<W: Wal> Coordinator<W> {
         }
         table.finished.push_back(txn.clone());
         while table.finished.len() > self.config.max_retained {
-            if let Some(old) = table.finished.pop_front() {
-                table.entries.remove(&old);
+            let Some(old) = table.finished.pop_front() else { break };
+            if let Some(evicted) = table.entries.remove(&old) {
+                let created = match evicted.created_unix_ms {
+                    0 => evicted.finished_unix_ms.max(now_unix_ms()),
+                    created => created,
+                };
+                table.forgotten_before_unix_ms = table.forgotten_before_unix_ms.max(created);
+                let age_ms = now_unix_ms().saturating_sub(table.forgotten_before_unix_ms);
+                // At most one warning every ten seconds.
+                static LAST_WARNED_UNIX_MS: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0);
+                let last = LAST_WARNED_UNIX_MS.load(Ordering::Relaxed);
+                if age_ms < 10 * CLOCK_SKEW_MARGIN_MS
+                    && now_unix_ms() > last + 10_000
+                    && LAST_WARNED_UNIX_MS
+                        .compare_exchange(last, now_unix_ms(), Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        age_ms,
+                        retained = self.config.max_retained,
+                        "forgetting transactions only {age_ms} ms old: new ids submitted within \
+                         {CLOCK_SKEW_MARGIN_MS} ms of them are refused; raise --retain"
+                    );
+                }
             }
         }
     }
@@ -904,6 +998,7 @@ enum ReplayedState {
 #[derive(Default)]
 struct Replay {
     max_epoch: Epoch,
+    forgotten_before_unix_ms: u64,
     txns: BTreeMap<TxnId, Replayed>,
     checkpoint: Option<(u64, Epoch, Vec<CoordinatorRecord>)>,
     /// Records appended by running transactions while a checkpoint was being written: applied
@@ -962,7 +1057,9 @@ impl Replay {
                     entry.state = ReplayedState::Finished(Phase::Committed);
                 }
             }
-            CoordinatorRecord::CheckpointBegin { id, epoch } => {
+            CoordinatorRecord::CheckpointBegin { id, epoch, forgotten_before_unix_ms } => {
+                self.forgotten_before_unix_ms =
+                    self.forgotten_before_unix_ms.max(forgotten_before_unix_ms);
                 self.checkpoint = Some((id, epoch, Vec::new()));
                 self.interleaved.clear();
             }
@@ -977,7 +1074,8 @@ impl Replay {
                 {
                     let max_epoch = self.max_epoch.max(epoch);
                     let interleaved = std::mem::take(&mut self.interleaved);
-                    *self = Replay { max_epoch, ..Replay::default() };
+                    let forgotten_before_unix_ms = self.forgotten_before_unix_ms;
+                    *self = Replay { max_epoch, forgotten_before_unix_ms, ..Replay::default() };
                     for record in records.into_iter().chain(interleaved) {
                         self.apply(record);
                     }
@@ -1047,7 +1145,11 @@ mod tests {
             CoordinatorRecord::Fenced { txn: txn("fenced") },
             commit("done", vec![0]),
             CoordinatorRecord::End { txn: txn("done") },
-            CoordinatorRecord::CheckpointBegin { id: 9, epoch: Epoch(4) },
+            CoordinatorRecord::CheckpointBegin {
+                id: 9,
+                epoch: Epoch(4),
+                forgotten_before_unix_ms: 77,
+            },
             // Interleaved: decided after the checkpoint's snapshot was taken.
             commit("decided-during-checkpoint", vec![1]),
             CoordinatorRecord::CheckpointEntries(vec![
@@ -1062,11 +1164,16 @@ mod tests {
             ]),
             CoordinatorRecord::CheckpointEnd { id: 9 },
             // An unfinished checkpoint at the tail changes nothing.
-            CoordinatorRecord::CheckpointBegin { id: 10, epoch: Epoch(4) },
+            CoordinatorRecord::CheckpointBegin {
+                id: 10,
+                epoch: Epoch(4),
+                forgotten_before_unix_ms: 70,
+            },
         ] {
             replay.apply(record);
         }
         assert_eq!(replay.max_epoch, Epoch(4));
+        assert_eq!(replay.forgotten_before_unix_ms, 77, "the horizon survives, and only grows");
         assert_eq!(state(&replay, "undecided"), "started");
         assert_eq!(state(&replay, "decided-during-checkpoint"), "committing");
         assert_eq!(state(&replay, "delivering"), "committing");

@@ -109,7 +109,13 @@ impl<W: Wal> CoordinatorService<W> {
                 ),
             ));
         }
-        Ok(NewTxn { txn, participants, operations, timeout: Duration::from_millis(timeout_ms) })
+        Ok(NewTxn {
+            txn,
+            participants,
+            operations,
+            timeout: Duration::from_millis(timeout_ms),
+            first_submitted_unix_ms: request.first_submitted_unix_ms,
+        })
     }
 }
 
@@ -117,6 +123,7 @@ fn status(error: CoordinatorError) -> Status {
     match error {
         CoordinatorError::Overloaded(message) => Status::resource_exhausted(message),
         CoordinatorError::NotFound(message) => Status::not_found(message),
+        CoordinatorError::MaybeForgotten(message) => Status::failed_precondition(message),
         CoordinatorError::Fatal(message) => Status::internal(message),
         CoordinatorError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
     }
@@ -238,11 +245,22 @@ impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
         let txn = TxnId::parse(&request.txn_id, "txn_id").map_err(|e| convert::invalid(&e))?;
         let entry = match self.coordinator.get_durable(&txn).await.map_err(status)? {
             Some(entry) => entry,
-            None if request.fence_unknown => self.coordinator.fence(&txn).await.map_err(status)?,
+            None if request.fence_unknown => {
+                self.coordinator.fence(&txn, request.submitted_unix_ms).await.map_err(status)?
+            }
             None => {
+                let forgotten = self.coordinator.forgotten_before_unix_ms();
+                let older = if forgotten == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "; or, if first submitted before {forgotten} ms, finished and since \
+                         forgotten (this coordinator keeps a bounded number of outcomes)"
+                    )
+                };
                 return Err(Status::not_found(format!(
-                    "txn_id: no record of {txn}: never submitted here, or aborted before a decision \
-                     and forgotten (presumed abort); ask with fence_unknown to make that definite"
+                    "txn_id: no record of {txn}: never submitted here, or aborted before a \
+                     decision (presumed abort){older}; ask with fence_unknown to make it definite"
                 )));
             }
         };

@@ -441,6 +441,8 @@ pub enum CoordinatorRecord {
         id: u64,
         /// The epoch at the checkpoint.
         epoch: Epoch,
+        /// Every finished transaction forgotten so far was created at or before this time.
+        forgotten_before_unix_ms: u64,
     },
     /// Transactions in the checkpoint, as the records that rebuild them.
     CheckpointEntries(Vec<CoordinatorRecord>),

@@ -140,6 +140,20 @@ pub enum EngineError<E> {
     /// Commit after Abort): a protocol violation by the sender. Nothing changed.
     #[error("{0}")]
     WrongState(String),
+    /// The branch is committing: the refusal stands, but only once the commit record at `lsn`
+    /// is durable (a one-phase probe reads this refusal as "committed", so it must not be told
+    /// before the commit could survive a crash).
+    #[error("{message}")]
+    Committing {
+        /// The commit record to wait for before refusing.
+        lsn: u64,
+        /// The refusal.
+        message: String,
+    },
+    /// At a limit (RESOURCE_EXHAUSTED): too many decisions remembered to record another
+    /// barrier. Nothing changed; the sender may retry.
+    #[error("{0}")]
+    Overloaded(String),
     /// The outcome may have been known here once and forgotten (it is older than the
     /// retention): the participant cannot answer without guessing, so it refuses.
     #[error("{0}")]
@@ -288,9 +302,16 @@ impl ParticipantEngine {
             )));
         }
         self.max_epoch = input.epoch;
-        if self.branches.len() >= self.limits.max_prepared
-            || self.decided.len() >= self.limits.max_remembered
-        {
+        if self.decided.len() >= self.limits.max_remembered {
+            return Ok(PrepareStep::Reply(no(
+                NoReason::Overloaded,
+                format!("{} decisions are remembered here, the limit", self.decided.len()),
+            )));
+        }
+        if self.branches.len() >= self.limits.max_prepared {
+            // Remembered, so a duplicate of this Prepare delivered later cannot vote YES (or
+            // commit in one phase) after the coordinator aborted on this NO.
+            self.remember_no_vote(&input.txn, input.deadline_unix_ms);
             return Ok(PrepareStep::Reply(no(
                 NoReason::Overloaded,
                 format!("{} branches are prepared here, the limit", self.branches.len()),
@@ -423,10 +444,11 @@ impl ParticipantEngine {
     ) -> Result<AbortStep, EngineError<E>> {
         self.forget_expired(now_unix_ms);
         if let Some(branch) = self.branches.get(txn) {
-            if branch.commit_lsn.is_some() {
-                return Err(EngineError::WrongState(format!(
-                    "Abort of transaction {txn}, which is committing here"
-                )));
+            if let Some(lsn) = branch.commit_lsn {
+                return Err(EngineError::Committing {
+                    lsn,
+                    message: format!("Abort of transaction {txn}, which committed here"),
+                });
             }
             let forget_after = retain_until(branch.deadline_unix_ms.max(now_unix_ms));
             log(&ParticipantRecord::Abort { txn: txn.clone(), forget_after_unix_ms: forget_after })
@@ -449,6 +471,12 @@ impl ParticipantEngine {
                     return Err(EngineError::Forgotten(format!(
                         "transaction {txn} is older than this participant's decision retention; \
                          its outcome here can no longer be told"
+                    )));
+                }
+                if self.decided.len() >= self.limits.max_remembered {
+                    return Err(EngineError::Overloaded(format!(
+                        "{} decisions are remembered here, the limit; no barrier recorded",
+                        self.decided.len()
                     )));
                 }
                 // The barrier must outlive the Prepare's deadline: the one given, or else the
@@ -1162,6 +1190,8 @@ mod tests {
         ));
         // Long after: the decision is forgotten (any message sweeps), and the probe is refused.
         let later = deadline + limits::DECISION_RETENTION_MS + 1;
+        // (Before it was applied, the refusal had to wait for the commit record: see
+        // abort_of_an_unsynced_one_phase_commit_waits_for_its_record.)
         engine.handle_abort(later, &txn("unrelated"), None, &mut log).unwrap();
         assert!(matches!(
             engine.handle_abort(later, &txn("one"), Some(deadline), &mut log),
@@ -1174,7 +1204,38 @@ mod tests {
         );
     }
 
-    /// A branch at the prepared-branch limit votes NO(overloaded).
+    /// An Abort meeting a one-phase commit whose record is appended but not yet applied is
+    /// refused only after that record is durable: it carries the LSN to wait for.
+    #[test]
+    fn abort_of_an_unsynced_one_phase_commit_waits_for_its_record() {
+        let mut engine = ParticipantEngine::default();
+        let store = BTreeMap::new();
+        let mut input = prepare_input("one", vec![put("a", "1")]);
+        input.one_phase = true;
+        let mut log = |_: &ParticipantRecord| Ok::<u64, Infallible>(7);
+        let step = engine.handle_prepare(NOW, input, &store, &mut log).unwrap();
+        assert!(matches!(step, PrepareStep::AfterDurable { lsn: 7, apply: Some(_), .. }));
+        // The driver has not applied it yet (its record may not be durable): the probe comes.
+        let refused = engine.handle_abort(NOW, &txn("one"), Some(NOW + 1_000), &mut log);
+        assert!(matches!(refused, Err(EngineError::Committing { lsn: 7, .. })), "{refused:?}");
+    }
+
+    /// Barriers count against the remembered-decision limit: at the limit an Abort for an
+    /// unknown transaction is refused (retryable) rather than growing memory.
+    #[test]
+    fn barriers_are_bounded() {
+        let mut engine =
+            ParticipantEngine::new(EngineLimits { max_prepared: 4, max_remembered: 2 });
+        let mut log = |_: &ParticipantRecord| Ok::<u64, Infallible>(1);
+        engine.handle_abort(NOW, &txn("a"), None, &mut log).unwrap();
+        engine.handle_abort(NOW, &txn("b"), None, &mut log).unwrap();
+        let refused = engine.handle_abort(NOW, &txn("c"), None, &mut log);
+        assert!(matches!(refused, Err(EngineError::Overloaded(_))), "{refused:?}");
+        assert_eq!(engine.outcome(&txn("c")), Outcome::Pending, "nothing recorded");
+    }
+
+    /// A branch at the prepared-branch limit votes NO(overloaded), and a duplicate of that
+    /// Prepare delivered later cannot vote YES.
     #[test]
     fn prepared_branch_limit_votes_overloaded() {
         let mut engine =
@@ -1183,6 +1244,9 @@ mod tests {
         world.prepare(&mut engine, prepare_input("t1", vec![put("a", "1")]));
         let step = world.prepare(&mut engine, prepare_input("t2", vec![put("b", "1")]));
         assert_eq!(no_reason(&step), Some(NoReason::Overloaded));
+        world.commit(&mut engine, "t1").unwrap();
+        let duplicate = world.prepare(&mut engine, prepare_input("t2", vec![put("b", "1")]));
+        assert_eq!(no_reason(&duplicate), Some(NoReason::AlreadyAborted));
     }
 
     /// Replaying the log, with or without a checkpoint in it, rebuilds the same in-doubt

@@ -42,6 +42,9 @@ pub enum NodeError {
     /// The outcome asked about may have been forgotten (DATA_LOSS).
     #[error("{0}")]
     Forgotten(String),
+    /// At a limit; nothing changed (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Overloaded(String),
     /// The log or the store failed; the node has stopped (INTERNAL). Restart to recover.
     #[error("storage failed: {0}")]
     Fatal(String),
@@ -65,6 +68,10 @@ impl From<EngineError<NodeError>> for NodeError {
             EngineError::Invalid(invalid) => NodeError::Invalid(invalid),
             EngineError::WrongState(message) => NodeError::WrongState(message),
             EngineError::Forgotten(message) => NodeError::Forgotten(message),
+            EngineError::Overloaded(message) => NodeError::Overloaded(message),
+            // Node::abort waits for the record before it refuses; anywhere else the refusal
+            // stands as it is.
+            EngineError::Committing { message, .. } => NodeError::WrongState(message),
             EngineError::Storage(error) => error,
         }
     }
@@ -119,6 +126,9 @@ pub struct Node<W: Wal, S: Store> {
     failed: AtomicBool,
     /// Tells the process to stop after a fatal error.
     fatal: watch::Sender<Option<String>>,
+    /// The highest LSN whose commit the applier has applied (jobs are queued, and applied, in
+    /// LSN order).
+    applied: watch::Sender<u64>,
 }
 
 impl<W: Wal, S: Store> Node<W, S> {
@@ -142,7 +152,9 @@ impl<W: Wal, S: Store> Node<W, S> {
 
         let (applier, jobs) = mpsc::unbounded_channel();
         let (fatal, _) = watch::channel(None);
+        let (applied, _) = watch::channel(0);
         let node = Arc::new(Node {
+            applied,
             config,
             engine: Mutex::new(engine),
             wal: Arc::new(wal),
@@ -192,6 +204,11 @@ impl<W: Wal, S: Store> Node<W, S> {
             PrepareStep::AfterDurable { lsn, reply, .. } => {
                 match applied {
                     Some(done) => self.await_apply(done).await?,
+                    // A duplicate of a one-phase commit: answer once it is applied, so the
+                    // caller reads what it committed.
+                    None if reply.outcome == concord_core::types::Outcome::Committed => {
+                        self.wait_applied(lsn).await?;
+                    }
                     None => self.wait_durable(lsn).await?,
                 }
                 concord_proto::failpoint::hit("participant.after_prepare");
@@ -222,22 +239,32 @@ impl<W: Wal, S: Store> Node<W, S> {
         match (step, applied) {
             (CommitStep::Acknowledge, _) => Ok(()),
             (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await,
-            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_durable(lsn).await,
+            // A duplicate Commit while the first is applied: acknowledge once applied too.
+            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_applied(lsn).await,
         }
     }
 
     /// Phase 2, abort. Never waits for its record (presumed abort). `deadline_unix_ms` is the
-    /// transaction's Prepare deadline if the sender knows it.
-    pub fn abort(
+    /// transaction's Prepare deadline if the sender knows it. Refusing an Abort because the
+    /// branch committed waits until that commit is durable: the refusal tells the sender it
+    /// committed.
+    pub async fn abort(
         &self,
         txn: &TxnId,
         deadline_unix_ms: Option<u64>,
     ) -> Result<AbortStep, NodeError> {
         self.refuse_if_failed()?;
-        let mut engine = self.engine();
-        engine
-            .handle_abort(now_unix_ms(), txn, deadline_unix_ms, &mut |r| self.append(r))
-            .map_err(|e| self.check_fatal(e.into()))
+        let result = self
+            .engine()
+            .handle_abort(now_unix_ms(), txn, deadline_unix_ms, &mut |r| self.append(r));
+        match result {
+            Ok(step) => Ok(step),
+            Err(EngineError::Committing { lsn, message }) => {
+                self.wait_durable(lsn).await?;
+                Err(NodeError::WrongState(message))
+            }
+            Err(error) => Err(self.check_fatal(error.into())),
+        }
     }
 
     /// The committed value of `key`. A key locked by a prepared branch reads as its last
@@ -342,6 +369,20 @@ impl<W: Wal, S: Store> Node<W, S> {
         }
     }
 
+    /// Waits until the commit at `lsn` is applied to the store (or the node failed).
+    async fn wait_applied(&self, lsn: u64) -> Result<(), NodeError> {
+        let mut applied = self.applied.subscribe();
+        let mut fatal = self.fatal.subscribe();
+        tokio::select! {
+            result = applied.wait_for(|applied| *applied >= lsn) => {
+                result.map(|_| ()).map_err(|_| NodeError::Fatal("the applier stopped".into()))
+            }
+            _ = fatal.wait_for(Option::is_some) => {
+                Err(NodeError::Fatal("storage failed before the commit was applied".into()))
+            }
+        }
+    }
+
     async fn wait_durable(&self, lsn: u64) -> Result<(), NodeError> {
         self.wal.wait_durable(Lsn(lsn)).await.map_err(|e| self.check_fatal(e.into()))
     }
@@ -383,6 +424,11 @@ async fn run_applier<W: Wal, S: Store>(
                 Ok(()) => match node.store.apply(&job.writes, job.lsn) {
                     Ok(()) => {
                         node.engine().commit_applied(&job.txn);
+                        node.applied.send_if_modified(|applied| {
+                            let advanced = job.lsn > *applied;
+                            *applied = (*applied).max(job.lsn);
+                            advanced
+                        });
                         Ok(())
                     }
                     Err(error) => Err(node.check_fatal(error.into())),

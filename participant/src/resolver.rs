@@ -17,7 +17,7 @@ use concord_proto::{convert, net, v1};
 use concord_wal::Wal;
 use tokio::time::Instant;
 
-use crate::node::{Node, now_unix_ms};
+use crate::node::{Node, NodeError, now_unix_ms};
 use crate::store::Store;
 
 /// How the resolver runs.
@@ -102,7 +102,7 @@ pub async fn run_resolver<W: Wal, S: Store>(
             let answer = ask(client.clone(), &txn, node.name()).await;
             let resolved = match &answer {
                 Ok(Outcome::Committed) => node.commit(&txn).await.map(|()| true),
-                Ok(Outcome::Aborted) => node.abort(&txn, None).map(|_| true),
+                Ok(Outcome::Aborted) => node.abort(&txn, None).await.map(|_| true),
                 Ok(Outcome::Pending) => Ok(false),
                 Err(error) => {
                     tracing::warn!(txn_id = %txn, error = %error.message(), "could not ask the coordinator");
@@ -121,9 +121,17 @@ pub async fn run_resolver<W: Wal, S: Store>(
                     retry.next_at = Instant::now() + retry.backoff;
                     retry.backoff = (retry.backoff * 2).min(config.max_backoff);
                 }
-                Err(error) => {
-                    tracing::error!(txn_id = %txn, %error, "applying the coordinator's answer failed");
+                Err(error @ NodeError::Fatal(_)) => {
+                    tracing::error!(txn_id = %txn, %error, "applying the coordinator's answer failed; stopping");
                     return;
+                }
+                Err(error) => {
+                    // A contradiction (or a limit) on one branch must not strand the others.
+                    tracing::error!(txn_id = %txn, %error, "could not apply the coordinator's answer");
+                    let retry = retries
+                        .entry(txn)
+                        .or_insert(Retry { next_at: now, backoff: config.max_backoff });
+                    retry.next_at = Instant::now() + config.max_backoff;
                 }
             }
         }

@@ -32,6 +32,7 @@ fn status(error: NodeError) -> Status {
         NodeError::Invalid(invalid) => convert::invalid(&invalid),
         NodeError::WrongState(message) => Status::failed_precondition(message),
         NodeError::Forgotten(message) => Status::data_loss(message),
+        NodeError::Overloaded(message) => Status::resource_exhausted(message),
         NodeError::Fatal(message) => Status::internal(message),
     }
 }
@@ -92,7 +93,8 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
     ) -> Result<Response<v1::AbortResponse>, Status> {
         let txn = txn_id(&request.get_ref().txn_id)?;
         let deadline = request.get_ref().deadline_unix_ms;
-        let step = self.node.abort(&txn, (deadline != 0).then_some(deadline)).map_err(status)?;
+        let step =
+            self.node.abort(&txn, (deadline != 0).then_some(deadline)).await.map_err(status)?;
         if step == AbortStep::Barrier {
             tracing::debug!(txn_id = %txn, participant = %self.node.name(), "abort before prepare: barrier recorded");
         }
