@@ -392,18 +392,18 @@ async fn transfers_stay_atomic_and_exactly_once_while_processes_are_killed() {
     }
     // Exactly once: every committed branch applied once.
     for worker in 0..WORKERS {
-        for participant in 0..3 {
+        for (participant, name) in NAMES.iter().enumerate() {
             let applied = cluster.counter(participant, &format!("applied-{worker}")).await;
             let expected = committed_per.get(&(worker, participant)).copied().unwrap_or(0);
-            assert_eq!(applied, expected, "worker {worker} at {}", NAMES[participant]);
+            assert_eq!(applied, expected, "worker {worker} at {name}");
         }
     }
     // Money is conserved and never negative.
     let mut total = 0;
-    for participant in 0..3 {
+    for (participant, name) in NAMES.iter().enumerate() {
         for account in 0..ACCOUNTS {
             let balance = cluster.counter(participant, &format!("acct-{account}")).await;
-            assert!(balance >= 0, "acct-{account} at {} is {balance}", NAMES[participant]);
+            assert!(balance >= 0, "acct-{account} at {name} is {balance}");
             total += balance;
         }
     }
