@@ -35,8 +35,10 @@ pub struct CoordinatorConfig {
     pub call_timeout: Duration,
     /// Transactions undecided at once; Submit beyond gets RESOURCE_EXHAUSTED.
     pub max_inflight: usize,
-    /// Decided transactions whose Commit is still being delivered, at most; Submit beyond gets
-    /// RESOURCE_EXHAUSTED (a participant that stays down cannot grow memory without bound).
+    /// Background work outliving its transaction's slot, at most: committed transactions whose
+    /// Commit is still being delivered, and one-phase transactions whose participant has not
+    /// answered the outcome probe. Submit beyond gets RESOURCE_EXHAUSTED, so a participant that
+    /// stays down cannot grow memory or tasks without bound.
     pub max_undelivered: usize,
     /// Finished transactions remembered for GetTransaction and idempotent Submit.
     pub max_retained: usize,
@@ -165,7 +167,8 @@ struct Table {
     entries: HashMap<TxnId, Entry>,
     /// Finished transactions, oldest first, for eviction.
     finished: VecDeque<TxnId>,
-    /// Transactions decided COMMIT whose delivery is not finished.
+    /// Background work in progress: committed transactions being delivered, one-phase
+    /// transactions being probed (see `CoordinatorConfig::max_undelivered`).
     undelivered: usize,
     /// Every finished transaction evicted so far was created at or before this time (or, if its
     /// creation time is unknown, finished by then). An unknown id first submitted at or before
@@ -337,7 +340,7 @@ impl<W: Wal> Coordinator<W> {
             }
             if !known && table.undelivered >= self.config.max_undelivered {
                 return Err(CoordinatorError::Overloaded(format!(
-                    "{} committed transactions await delivery, the limit",
+                    "{} transactions await Commit delivery or a one-phase outcome, the limit",
                     table.undelivered
                 )));
             }
@@ -690,6 +693,7 @@ impl<W: Wal> Coordinator<W> {
                     }
                 }
                 Output::ProbeOnePhase => {
+                    self.table().undelivered += 1;
                     let this = Arc::clone(self);
                     let txn = txn.clone();
                     tokio::spawn(async move { this.probe_one_phase(txn).await });
@@ -802,6 +806,7 @@ impl<W: Wal> Coordinator<W> {
                 }
             };
             if let Some(committed) = committed {
+                self.table().undelivered -= 1;
                 let outputs = self.handle(&txn, Input::ProbeAnswered { committed });
                 self.carry_out(
                     &txn,
