@@ -1,6 +1,6 @@
 //! A bank-transfer workload over a real coordinator and three real participants on 127.0.0.1,
-//! while a nemesis kills (SIGKILL) and restarts random processes — the coordinator included —
-//! then heals and checks what two-phase commit promises:
+//! while a nemesis kills (SIGKILL) and restarts random processes, or pauses them (SIGSTOP, then
+//! SIGCONT) — the coordinator included — then heals and checks what two-phase commit promises:
 //!
 //! - every unknown outcome resolves to a definite one (GetTransaction with fencing);
 //! - atomicity: each transaction's marker key is on both of its participants or on neither,
@@ -32,7 +32,8 @@ const NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
 const ACCOUNTS: usize = 10;
 const INITIAL_BALANCE: i64 = 1_000;
 const WORKERS: usize = 6;
-const KILLS: usize = 8;
+/// Faults the nemesis injects, each a kill-and-restart or a pause.
+const FAULTS: usize = 10;
 /// The nemesis and workload seed; `CONCORD_TEST_SEED` overrides it to replay or sweep.
 fn seed() -> u64 {
     std::env::var("CONCORD_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c0de)
@@ -141,6 +142,18 @@ impl Cluster {
 
     fn client(&self) -> CoordinatorClient<Channel> {
         CoordinatorClient::new(support::channel(self.coordinator_address))
+    }
+
+    /// The process `victim` (0: the coordinator, 1..=3: a participant).
+    fn process(&mut self, victim: usize) -> &mut ConcordProcess {
+        if victim == 0 { &mut self.coordinator } else { self.participants[victim - 1].process() }
+    }
+
+    /// Pauses `victim` with SIGSTOP for `pause`, then resumes it with SIGCONT.
+    async fn pause(&mut self, victim: usize, pause: Duration) {
+        self.process(victim).signal("STOP").unwrap();
+        tokio::time::sleep(pause).await;
+        self.process(victim).signal("CONT").unwrap();
     }
 
     /// Kills process `victim` (0: the coordinator, 1..=3: a participant) and starts it again on
@@ -270,10 +283,10 @@ async fn resolve(
     }
 }
 
-/// Kills and restarts random processes under a transfer workload, heals, and checks atomicity,
-/// exactly-once application, conservation of money and that nothing is left stuck.
+/// Kills, restarts and pauses random processes under a transfer workload, heals, and checks
+/// atomicity, exactly-once application, conservation of money and that nothing is left stuck.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transfers_stay_atomic_and_exactly_once_while_processes_are_killed() {
+async fn transfers_stay_atomic_and_exactly_once_while_processes_are_killed_and_paused() {
     let mut cluster = Cluster::start().await;
     // Load the accounts: one one-phase transaction per participant.
     for name in NAMES {
@@ -305,12 +318,18 @@ async fn transfers_stay_atomic_and_exactly_once_while_processes_are_killed() {
     let seed = seed();
     eprintln!("seed {seed} (replay with CONCORD_TEST_SEED={seed})");
     let mut rng = Rng(seed);
-    let mut kills = BTreeMap::new();
-    for _ in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(400 + rng.below(600))).await;
+    let mut faults = BTreeMap::new();
+    for _ in 0..FAULTS {
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(500))).await;
         let victim = rng.below(4) as usize;
-        *kills.entry(if victim == 0 { "coordinator" } else { NAMES[victim - 1] }).or_insert(0) += 1;
-        cluster.kill_and_restart(victim).await;
+        let name = if victim == 0 { "coordinator" } else { NAMES[victim - 1] };
+        if rng.below(2) == 0 {
+            *faults.entry(format!("kill {name}")).or_insert(0) += 1;
+            cluster.kill_and_restart(victim).await;
+        } else {
+            *faults.entry(format!("pause {name}")).or_insert(0) += 1;
+            cluster.pause(victim, Duration::from_millis(200 + rng.below(1_500))).await;
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -411,7 +430,7 @@ async fn transfers_stay_atomic_and_exactly_once_while_processes_are_killed() {
 
     let committed = transfers.iter().filter(|t| t.outcome == Some(v1::Outcome::Committed)).count();
     eprintln!(
-        "{} transfers, {committed} committed, {unknown} unknown resolved, kills {kills:?}",
+        "{} transfers, {committed} committed, {unknown} unknown resolved, faults {faults:?}",
         transfers.len()
     );
     assert!(committed > 50, "the workload made progress through the faults");
