@@ -507,7 +507,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_changes_nothing() {
     assert_invalid("ListInDoubt with a bad page token", bad_token, "page_token");
     let long_start = client
         .clone()
-        .scan(v1::ScanRequest { start: vec![b'k'; 1025], end: Vec::new(), limit: 0 })
+        .scan(v1::ScanRequest { start: vec![b'k'; 1026], end: Vec::new(), limit: 0 })
         .await;
     assert_invalid("Scan with a start over the key limit", long_start, "start");
 
@@ -795,4 +795,35 @@ async fn grpc_health_reports_serving() {
     assert_eq!(service.unwrap(), SERVING);
     let unknown = support::health_status(participant.address(), "concord.v1.Nothing").await;
     assert_eq!(unknown.expect_err("an unknown service").code(), Code::NotFound);
+}
+
+/// Scan pages through every key exactly once, including keys of the maximum length sitting at
+/// a page boundary (the next page starts just past such a key, one byte longer than a key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_pages_through_every_key_including_maximum_length_keys() {
+    let root = tempfile::tempdir().unwrap();
+    let participant = start(root.path()).await;
+    let client = participant.client();
+    let long_a = "a".repeat(1024);
+    let long_b = "b".repeat(1024);
+    let keys = [long_a.as_str(), long_b.as_str(), "c", "d"];
+    let operations = keys.iter().map(|k| put(k, b"v")).collect();
+    one_phase(&client, "load", operations).await;
+    let mut seen = Vec::new();
+    let mut start_key = Vec::new();
+    loop {
+        let page = client
+            .clone()
+            .scan(v1::ScanRequest { start: start_key, end: Vec::new(), limit: 1 })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.entries.into_iter().map(|e| String::from_utf8(e.key).unwrap()));
+        if page.next_start.is_empty() {
+            break;
+        }
+        start_key = page.next_start;
+        assert!(seen.len() <= keys.len(), "paging does not end");
+    }
+    assert_eq!(seen, keys);
 }

@@ -126,12 +126,14 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
         request: Request<v1::ScanRequest>,
     ) -> Result<Response<v1::ScanResponse>, Status> {
         let request = request.into_inner();
-        for (field, key) in [("start", &request.start), ("end", &request.end)] {
-            if key.len() > limits::MAX_KEY_BYTES {
+        // A bound may be one byte longer than a key: `next_start` is the last key plus a zero
+        // byte, so a page ending at a key of the maximum length continues past it.
+        let max_bound = limits::MAX_KEY_BYTES + 1;
+        for (field, bound) in [("start", &request.start), ("end", &request.end)] {
+            if bound.len() > max_bound {
                 return Err(Status::invalid_argument(format!(
-                    "{field}: {} bytes exceeds the key limit of {}",
-                    key.len(),
-                    limits::MAX_KEY_BYTES
+                    "{field}: {} bytes exceeds the limit of {max_bound} (a key, plus one byte)",
+                    bound.len()
                 )));
             }
         }
