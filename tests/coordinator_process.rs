@@ -761,18 +761,14 @@ async fn forgotten_outcomes_are_never_contradicted_or_rerun() {
         assert!(missing.message().contains("forgotten"), "{}", missing.message());
         for submitted in [0, first_submitted] {
             let refused = client.get_transaction(fence("t-0", submitted)).await.unwrap_err();
-            assert_eq!(
-                refused.code(),
-                Code::FailedPrecondition,
-                "restarted {restarted}: {refused:?}"
-            );
+            assert_eq!(refused.code(), Code::DataLoss, "restarted {restarted}: {refused:?}");
         }
         let retry = v1::SubmitRequest {
             first_submitted_unix_ms: first_submitted,
             ..credit_all("t-0", "k")
         };
         let refused = client.submit(retry).await.unwrap_err();
-        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(refused.code(), Code::DataLoss, "{refused:?}");
         settle(&cluster, "k", 100).await; // not run a second time
         if !restarted {
             cluster.coordinator.as_mut().unwrap().kill();

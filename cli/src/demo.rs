@@ -259,6 +259,10 @@ struct Server {
     address: SocketAddr,
     /// The process; never reaped until we stop it, so its pid cannot be reused meanwhile.
     child: Child,
+    /// The write end of its stdin, held for its life: the server was started with
+    /// `--stop-on-stdin-eof`, so if the demo dies in any way (even SIGKILL) the pipe closes and
+    /// the server stops.
+    _lifeline: Option<tokio::process::ChildStdin>,
     /// Its stderr.
     log: PathBuf,
 }
@@ -442,7 +446,8 @@ async fn start_server(
     let mut command = Command::new(exe);
     command
         .args(&args)
-        .stdin(Stdio::null())
+        .arg("--stop-on-stdin-eof")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
         .kill_on_drop(true)
@@ -459,6 +464,9 @@ async fn start_server(
     // The logs are files: no colour codes in them.
     command.env("NO_COLOR", "1");
     let mut child = command.spawn().with_context(|| format!("starting the {label}"))?;
+    // Taken at once: tokio's `Child::wait` (raced below against the `listening on` line) closes
+    // a stdin it still holds, which would stop the server.
+    let lifeline = child.stdin.take();
     let stdout = child.stdout.take().context("the child's stdout was not captured")?;
     let mut lines = BufReader::new(stdout).lines();
     let waited = tokio::time::timeout(READY_TIMEOUT, async {
@@ -508,7 +516,7 @@ async fn start_server(
     };
     // Keep reading stdout so the server never blocks on (or fails) a write to it.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Server { label, name: name.to_string(), address, child, log })
+    Ok(Server { label, name: name.to_string(), address, child, _lifeline: lifeline, log })
 }
 
 /// The last lines of a log file, indented, for error messages.
@@ -530,7 +538,17 @@ fn log_tail(path: &Path) -> String {
 
 // ───────────────────────────── Interrupts ─────────────────────────────
 
-/// Counts Ctrl-C (and SIGTERM) presses, so each phase can react to the ones it cares about.
+/// Waits for the next `signal`, or forever if it could not be listened for.
+async fn recv_or_pending(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal.as_mut() {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Counts Ctrl-C (and SIGTERM, SIGHUP, SIGQUIT) presses, so each phase can react to the ones it cares about.
 #[derive(Clone)]
 struct Interrupts {
     /// The number of interrupts so far.
@@ -542,17 +560,18 @@ impl Interrupts {
     fn install() -> Interrupts {
         let (sender, count) = watch::channel(0u32);
         tokio::spawn(async move {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            use tokio::signal::unix::{SignalKind, signal};
+            // SIGTERM, SIGHUP (the terminal closed) and SIGQUIT count as Ctrl-C: the servers
+            // run in their own process group and must be stopped by the demo.
+            let mut terminate = signal(SignalKind::terminate()).ok();
+            let mut hangup = signal(SignalKind::hangup()).ok();
+            let mut quit = signal(SignalKind::quit()).ok();
             loop {
                 let received = tokio::select! {
                     result = tokio::signal::ctrl_c() => result.is_ok(),
-                    () = async {
-                        match terminate.as_mut() {
-                            Some(signal) => { signal.recv().await; }
-                            None => std::future::pending::<()>().await,
-                        }
-                    } => true,
+                    () = recv_or_pending(&mut terminate) => true,
+                    () = recv_or_pending(&mut hangup) => true,
+                    () = recv_or_pending(&mut quit) => true,
                 };
                 if !received {
                     tracing::warn!("cannot listen for Ctrl-C");

@@ -34,8 +34,22 @@ enum Command {
     List(txn::ListArgs),
 }
 
+/// The exit status for a usage error (sysexits' EX_USAGE), distinct from `submit`'s 2,
+/// "outcome unknown".
+const EXIT_USAGE: u8 = 64;
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                std::process::ExitCode::from(EXIT_USAGE)
+            } else {
+                std::process::ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -88,21 +102,27 @@ fn init_tracing(default: &str) {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+/// Resolves when the process is asked to stop: Ctrl-C, SIGTERM, SIGHUP (its terminal closed) or
+/// SIGQUIT.
 pub async fn shutdown_signal() {
+    use tokio::signal::unix::SignalKind;
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
     tokio::select! {
         () = ctrl_c => {}
-        () = terminate => {}
+        () = signal(SignalKind::terminate()) => {}
+        () = signal(SignalKind::hangup()) => {}
+        () = signal(SignalKind::quit()) => {}
+    }
+}
+
+/// Resolves when `kind` arrives (never, if it cannot be listened for).
+pub async fn signal(kind: tokio::signal::unix::SignalKind) {
+    match tokio::signal::unix::signal(kind) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
     }
 }

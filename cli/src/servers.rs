@@ -38,10 +38,15 @@ pub struct ParticipantArgs {
     /// Size at which a log segment is closed and a new one started.
     #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
+    /// Stop when standard input closes: for a parent (such as `concord demo`) that must not
+    /// leave this server running if it dies.
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 /// Runs a participant until Ctrl-C/SIGTERM or a storage failure.
 pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> {
+    check_segment_bytes(args.segment_bytes)?;
     if args.max_prepared == 0 || args.max_prepared > concord_core::limits::MAX_PREPARED_BRANCHES {
         anyhow::bail!(
             "--max-prepared must be 1 to {}",
@@ -75,13 +80,42 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
     let resolver = ResolverConfig { coordinator: args.coordinator, ..ResolverConfig::default() };
     concord_participant::serve(
         concord_proto::net::incoming(listener),
-        crate::shutdown_signal(),
+        shutdown(args.stop_on_stdin_eof),
         node,
         resolver,
     )
     .await?;
     tracing::info!(name = %args.name, "participant stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM, and, with `stdin_eof`, once standard input closes.
+async fn shutdown(stdin_eof: bool) {
+    let parent_gone = async {
+        if !stdin_eof {
+            return std::future::pending::<()>().await;
+        }
+        use tokio::io::AsyncReadExt;
+        let mut stdin = tokio::io::stdin();
+        let mut buffer = [0u8; 64];
+        // Anything written is ignored; end of input (or an error) means the parent is gone.
+        while matches!(stdin.read(&mut buffer).await, Ok(n) if n > 0) {}
+        tracing::warn!("standard input closed: the parent is gone; stopping");
+    };
+    tokio::select! {
+        () = crate::shutdown_signal() => {}
+        () = parent_gone => {}
+    }
+}
+
+/// The smallest `--segment-bytes`: below it every sync would roll to a new file.
+const MIN_SEGMENT_BYTES: u64 = 4096;
+
+fn check_segment_bytes(segment_bytes: u64) -> anyhow::Result<()> {
+    if segment_bytes < MIN_SEGMENT_BYTES {
+        anyhow::bail!("--segment-bytes must be at least {MIN_SEGMENT_BYTES}, got {segment_bytes}");
+    }
+    Ok(())
 }
 
 /// Prints the bound address for whoever started this process.
@@ -127,6 +161,9 @@ pub struct CoordinatorArgs {
     /// are forgotten, and ids that might be among them are refused rather than run again.
     #[arg(long, env = "CONCORD_RETAIN", default_value_t = 100_000)]
     retain: usize,
+    /// Stop when standard input closes (see `concord participant`).
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 /// The TOML form of the coordinator's settings.
@@ -180,6 +217,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     if args.max_inflight == 0 {
         anyhow::bail!("--max-inflight must be at least 1");
     }
+    check_segment_bytes(args.segment_bytes)?;
     if args.retain == 0 {
         anyhow::bail!("--retain must be at least 1");
     }
@@ -208,7 +246,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     announce(&listener)?;
     concord_coordinator::serve(
         concord_proto::net::incoming(listener),
-        crate::shutdown_signal(),
+        shutdown(args.stop_on_stdin_eof),
         coordinator,
     )
     .await?;

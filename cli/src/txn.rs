@@ -67,7 +67,8 @@ Transaction file (--file FILE, or --file - for stdin), JSON:
   --txn-id and --timeout-ms override the file's values.
 
 Exit status: 0 committed, 1 aborted (the cause is printed) or refused, 2 outcome unknown (the
-transaction id and the `concord get` command to ask are printed).
+transaction id, its first-submission time and the `concord get` command to ask are printed; to
+retry, repeat the command with the same --txn-id and --first-submitted-unix-ms), 64 bad usage.
 
 Examples:
   concord submit --add alpha:acct-1=-10:0 --add beta:acct-2=10
@@ -87,6 +88,10 @@ struct SubmitFlags {
     /// How long the coordinator may take to decide, in ms (0: its default; at most 60000).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u32).range(0..=60_000))]
     timeout_ms: Option<u32>,
+    /// When this transaction was first submitted (ms since the Unix epoch), when retrying an
+    /// --txn-id whose outcome was unknown: printed by the first attempt. Default: now.
+    #[arg(long, value_name = "UNIX_MS")]
+    first_submitted_unix_ms: Option<u64>,
     /// Set KEY to VALUE on PARTICIPANT (the first '=' separates key and value). Repeatable.
     #[arg(long, value_name = "PARTICIPANT:KEY=VALUE", value_parser = parse_put)]
     put: Vec<OperationFlag>,
@@ -310,7 +315,15 @@ fn parse_txn_file(text: &str) -> anyhow::Result<Transaction> {
     if let Some(timeout_ms) = file.timeout_ms {
         txn = txn.with_timeout_ms(timeout_ms);
     }
+    let mut named: Vec<String> = Vec::new();
     for (index, branch) in file.branches.into_iter().enumerate() {
+        if named.contains(&branch.participant) {
+            anyhow::bail!(
+                "branches[{index}].participant: {:?} appears twice; one branch per participant",
+                branch.participant
+            );
+        }
+        named.push(branch.participant.clone());
         let mut operations = Vec::with_capacity(branch.operations.len());
         for (op_index, operation) in branch.operations.into_iter().enumerate() {
             operations.push(
@@ -362,6 +375,9 @@ fn transaction_from_args(args: &SubmitArgs) -> anyhow::Result<Transaction> {
     if let Some(timeout_ms) = args.flags.timeout_ms {
         txn = txn.with_timeout_ms(timeout_ms);
     }
+    if let Some(first_submitted) = args.flags.first_submitted_unix_ms {
+        txn = txn.with_first_submitted_unix_ms(first_submitted);
+    }
     txn.validate().context("the transaction is not valid")?;
     Ok(txn)
 }
@@ -387,13 +403,18 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
         }
         Err(error) if error.is_outcome_unknown() => {
             let txn_id = error.txn_id().unwrap_or("?").to_string();
-            let ask = ask_command(&txn_id, address);
+            let first_submitted = txn.first_submitted_unix_ms();
+            let ask = format!(
+                "{} --fence-unknown --first-submitted-unix-ms {first_submitted}",
+                ask_command(&txn_id, address)
+            );
             if args.flags.json {
                 println!(
                     "{}",
                     pretty(&json!({
                         "txn_id": txn_id,
                         "outcome": "unknown",
+                        "first_submitted_unix_ms": first_submitted,
                         "error": error.to_string(),
                         "ask": ask,
                     }))
@@ -407,7 +428,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
                 println!("           ({why})");
                 println!("The transaction may or may not have committed. Ask with:");
                 println!("  {ask}");
-                println!("(add --fence-unknown to make an id the coordinator never saw abort)");
+                println!("(--fence-unknown makes an id the coordinator never saw abort for good)");
             }
             Ok(ExitCode::from(EXIT_UNKNOWN))
         }
@@ -451,6 +472,11 @@ pub struct GetArgs {
     /// flight can never commit: turns an unknown outcome into a definite one.
     #[arg(long)]
     fence_unknown: bool,
+    /// With --fence-unknown: when the id was first submitted (ms since the Unix epoch, as
+    /// `concord submit` printed). A coordinator that has forgotten old transactions fences only
+    /// ids submitted after them.
+    #[arg(long, value_name = "UNIX_MS", requires = "fence_unknown")]
+    first_submitted_unix_ms: Option<u64>,
     #[command(flatten)]
     coordinator: CoordinatorFlag,
     /// Print the transaction as JSON.
@@ -462,7 +488,12 @@ pub struct GetArgs {
 #[allow(clippy::print_stdout)]
 pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&args.coordinator.coordinator)?;
-    let info = match client.get(&args.txn_id, args.fence_unknown).await {
+    let answer = if args.fence_unknown {
+        client.fence(&args.txn_id, args.first_submitted_unix_ms.unwrap_or(0)).await
+    } else {
+        client.get(&args.txn_id, false).await
+    };
+    let info = match answer {
         Ok(info) => info,
         Err(ClientError::Rejected { kind: concord_client::RejectKind::NotFound, message }) => {
             anyhow::bail!(

@@ -27,13 +27,19 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// An empty transaction, stamped with the current time as its first submission time.
+    /// An empty transaction with a fresh id (a UUID v4; [`Transaction::with_txn_id`] replaces
+    /// it), stamped with the current time as its first submission time. Submitting the same
+    /// `Transaction` again after an unknown outcome is a safe retry: same id, same time.
     #[must_use]
     pub fn new() -> Transaction {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Transaction { first_submitted_unix_ms: now, ..Transaction::default() }
+        Transaction {
+            txn_id: Some(uuid::Uuid::new_v4().to_string()),
+            first_submitted_unix_ms: now,
+            ..Transaction::default()
+        }
     }
 
     /// When this transaction was first built for submission (ms since the Unix epoch); pass it

@@ -75,7 +75,7 @@ pub enum CoordinatorError {
     #[error("{0}")]
     NotFound(String),
     /// The id is unknown but old enough that it may be a finished transaction this coordinator
-    /// has forgotten: it is neither run again nor fenced (FAILED_PRECONDITION).
+    /// has forgotten: it is neither run again nor fenced (DATA_LOSS: the outcome is unknown).
     #[error("{0}")]
     MaybeForgotten(String),
     /// The decision log failed; the coordinator stopped (INTERNAL). Restart to recover.

@@ -123,7 +123,9 @@ fn status(error: CoordinatorError) -> Status {
     match error {
         CoordinatorError::Overloaded(message) => Status::resource_exhausted(message),
         CoordinatorError::NotFound(message) => Status::not_found(message),
-        CoordinatorError::MaybeForgotten(message) => Status::failed_precondition(message),
+        // The same code a participant uses for an outcome it may have forgotten: clients read
+        // it as "unknown", never as "refused, nothing happened".
+        CoordinatorError::MaybeForgotten(message) => Status::data_loss(message),
         CoordinatorError::Fatal(message) => Status::internal(message),
         CoordinatorError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
     }
