@@ -531,15 +531,7 @@ impl<W: Wal> Coordinator<W> {
                 for output in std::mem::take(&mut pending) {
                     match output {
                         Output::ForceStarted => {
-                            let forced = match self.append(&started) {
-                                Ok(lsn) => self
-                                    .wal
-                                    .wait_durable(lsn)
-                                    .await
-                                    .map_err(|e| self.fail(e.to_string())),
-                                Err(e) => Err(e),
-                            };
-                            if forced.is_err() {
+                            if self.force(&started).await.is_err() {
                                 return; // fatal: the reply channel drops, the client sees INTERNAL
                             }
                             pending.extend(self.handle(&txn, Input::StartedDurable));
@@ -573,16 +565,8 @@ impl<W: Wal> Coordinator<W> {
                                 pending: branches,
                                 decided_unix_ms: now_unix_ms(),
                             };
-                            let forced = match self.append(&record) {
-                                Ok(lsn) => self
-                                    .wal
-                                    .wait_durable(lsn)
-                                    .await
-                                    .map_err(|e| self.fail(e.to_string())),
-                                Err(e) => Err(e),
-                            };
-                            if forced.is_err() {
-                                return;
+                            if self.force(&record).await.is_err() {
+                                return; // fatal, as above
                             }
                             concord_proto::failpoint::hit("coordinator.after_decision");
                             {
@@ -874,6 +858,12 @@ impl<W: Wal> Coordinator<W> {
                 }
             }
         }
+    }
+
+    /// Appends `record` and waits until it is durable.
+    async fn force(&self, record: &CoordinatorRecord) -> Result<(), CoordinatorError> {
+        let lsn = self.append(record)?;
+        self.wal.wait_durable(lsn).await.map_err(|e| self.fail(e.to_string()))
     }
 
     fn append(&self, record: &CoordinatorRecord) -> Result<Lsn, CoordinatorError> {

@@ -29,12 +29,9 @@ pub use service::CoordinatorService;
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The reflection service could not be built.
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server could not run.
+    #[error(transparent)]
+    Serve(#[from] concord_proto::net::ServeError),
     /// The decision log failed; the process must restart and recover.
     #[error("decision log failed: {0}")]
     Fatal(String),
@@ -47,18 +44,9 @@ pub async fn serve<W: Wal>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     coordinator: Arc<Coordinator<W>>,
 ) -> Result<(), ServeError> {
-    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("concord.v1.Coordinator", tonic_health::ServingStatus::Serving)
-        .await;
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let service = CoordinatorServer::new(CoordinatorService::new(Arc::clone(&coordinator)))
         .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
-
     let checkpoints = {
         let coordinator = Arc::clone(&coordinator);
         tokio::spawn(async move {
@@ -72,33 +60,10 @@ pub async fn serve<W: Wal>(
             }
         })
     };
-    let mut fatal = coordinator.fatal();
-    let fatal_reason = Arc::new(std::sync::Mutex::new(None::<String>));
-    let fatal_seen = Arc::clone(&fatal_reason);
-    let stop = async move {
-        tokio::select! {
-            () = shutdown => {}
-            reason = fatal.wait_for(Option::is_some) => {
-                let reason = reason.ok().and_then(|r| r.clone());
-                if let Ok(mut seen) = fatal_seen.lock() {
-                    *seen = reason;
-                }
-            }
-        }
-        health_reporter
-            .set_service_status("concord.v1.Coordinator", tonic_health::ServingStatus::NotServing)
-            .await;
-    };
-    let served = concord_proto::net::server()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await;
+    let served = concord_proto::net::serve(service, incoming, shutdown, coordinator.fatal()).await;
     coordinator.stop();
     checkpoints.abort();
-    served?;
-    match fatal_reason.lock().ok().and_then(|reason| reason.clone()) {
+    match served? {
         Some(reason) => Err(ServeError::Fatal(reason)),
         None => Ok(()),
     }

@@ -285,10 +285,7 @@ impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
                     .map_err(|e| convert::invalid(&e))?,
             )
         };
-        let limit = match request.page_size as usize {
-            0 => limits::DEFAULT_PAGE_SIZE,
-            n => n.min(limits::MAX_PAGE_SIZE),
-        };
+        let limit = limits::page_size(request.page_size);
         let mut page = self.coordinator.list(
             |entry| state == v1::TxnState::Unspecified || txn_state(entry) == state,
             after.as_ref(),

@@ -40,6 +40,15 @@ pub const MAX_PAGE_SIZE: usize = 1_000;
 /// Entries in a page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 
+/// The page size to use for a request asking for `requested` entries (0: the default).
+#[must_use]
+pub fn page_size(requested: u32) -> usize {
+    match usize::try_from(requested).unwrap_or(MAX_PAGE_SIZE) {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
 /// Room for a record's framing around a branch's payload: ids, versions, per-key overhead.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 

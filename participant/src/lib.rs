@@ -32,12 +32,9 @@ pub use store::{MemoryStore, SledStore, Store};
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The gRPC server failed.
-    #[error("gRPC server: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The reflection service could not be built.
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    /// The server could not run.
+    #[error(transparent)]
+    Serve(#[from] concord_proto::net::ServeError),
     /// Storage failed; the process must restart and recover.
     #[error("storage failed: {0}")]
     Fatal(String),
@@ -55,51 +52,18 @@ pub async fn serve<W: Wal, S: Store>(
     node: Arc<Node<W, S>>,
     resolver: ResolverConfig,
 ) -> Result<(), ServeError> {
-    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_service_status("concord.v1.Participant", tonic_health::ServingStatus::Serving)
-        .await;
-    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(concord_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let participant = ParticipantServer::new(ParticipantService::new(Arc::clone(&node)))
         .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
-
     let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
     let resolver_task =
         tokio::spawn(resolver::run_resolver(Arc::clone(&node), resolver, stopped.clone()));
     let checkpoint_task = tokio::spawn(run_checkpoints(Arc::clone(&node), stopped));
-
-    let mut fatal = node.fatal();
-    let fatal_reason = Arc::new(std::sync::Mutex::new(None::<String>));
-    let fatal_seen = Arc::clone(&fatal_reason);
-    let stop = async move {
-        tokio::select! {
-            () = shutdown => {}
-            reason = fatal.wait_for(Option::is_some) => {
-                let reason = reason.ok().and_then(|r| r.clone());
-                if let Ok(mut seen) = fatal_seen.lock() {
-                    *seen = reason;
-                }
-            }
-        }
-        health_reporter
-            .set_service_status("concord.v1.Participant", tonic_health::ServingStatus::NotServing)
-            .await;
-    };
-    let served = concord_proto::net::server()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(participant)
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await;
+    let served = concord_proto::net::serve(participant, incoming, shutdown, node.fatal()).await;
     let _ = stop_tasks.send(true);
     let _ = resolver_task.await;
     let _ = checkpoint_task.await;
-    served?;
-    match fatal_reason.lock().ok().and_then(|reason| reason.clone()) {
+    match served? {
         Some(reason) => Err(ServeError::Fatal(reason)),
         None => Ok(()),
     }

@@ -41,13 +41,6 @@ fn txn_id(id: &str) -> Result<TxnId, Status> {
     TxnId::parse(id, "txn_id").map_err(|e| convert::invalid(&e))
 }
 
-fn page_size(requested: u32) -> usize {
-    match requested as usize {
-        0 => limits::DEFAULT_PAGE_SIZE,
-        n => n.min(limits::MAX_PAGE_SIZE),
-    }
-}
-
 #[tonic::async_trait]
 impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantService<W, S> {
     async fn prepare(
@@ -138,7 +131,7 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
             }
         }
         let end = (!request.end.is_empty()).then_some(request.end.as_slice());
-        let limit = page_size(request.limit);
+        let limit = limits::page_size(request.limit);
         // One more than asked tells whether another page exists.
         let mut entries = self.node.scan(&request.start, end, limit + 1).map_err(status)?;
         let next_start = if entries.len() > limit {
@@ -173,7 +166,7 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
                     .map_err(|e| convert::invalid(&e))?,
             )
         };
-        let limit = page_size(request.page_size);
+        let limit = limits::page_size(request.page_size);
         let mut branches = self.node.in_doubt(after.as_ref(), limit + 1);
         let next_page_token = if branches.len() > limit {
             branches.truncate(limit);

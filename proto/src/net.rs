@@ -3,6 +3,9 @@
 //! tonic ignores its own `tcp_nodelay` setting for a listener we bind ourselves and pass to
 //! `serve_with_incoming` (DESIGN.md, "Known traps"), so [`incoming`] sets TCP_NODELAY on each
 //! accepted connection; without it small calls stall for milliseconds behind Nagle's algorithm.
+//!
+//! [`serve`] is how every Concord server runs: its service plus gRPC health and reflection, on
+//! connections the caller accepted, until shutdown or a fatal storage error.
 
 use std::time::Duration;
 
@@ -62,4 +65,62 @@ pub fn channel(
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .connect_lazy())
+}
+
+/// Why a server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves `service` with gRPC health (its own name and `""` report SERVING until it stops) and
+/// reflection on `incoming`, until `shutdown` resolves or `fatal` holds a reason (a storage
+/// failure). Returns that reason if it is why serving stopped. Never binds a socket.
+pub async fn serve<S>(
+    service: S,
+    incoming: impl Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    mut fatal: tokio::sync::watch::Receiver<Option<String>>,
+) -> Result<Option<String>, ServeError>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::BoxBody>,
+            Response = tonic::codegen::http::Response<tonic::body::BoxBody>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use tonic_health::ServingStatus;
+    let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status(S::NAME, ServingStatus::Serving).await;
+    health_reporter.set_service_status("", ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (fatal_seen, fatal_reason) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            reason = fatal.wait_for(Option::is_some) => {
+                let _ = fatal_seen.send(reason.ok().and_then(|r| r.clone()));
+            }
+        }
+        health_reporter.set_service_status(S::NAME, ServingStatus::NotServing).await;
+        health_reporter.set_service_status("", ServingStatus::NotServing).await;
+    };
+    server()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await?;
+    Ok(fatal_reason.await.ok().flatten())
 }
