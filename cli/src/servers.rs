@@ -46,6 +46,7 @@ pub struct ParticipantArgs {
 
 /// Runs a participant until Ctrl-C/SIGTERM or a storage failure.
 pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> {
+    concord_failpoints::configure_from_env().map_err(anyhow::Error::msg)?;
     check_segment_bytes(args.segment_bytes)?;
     if args.max_prepared == 0 || args.max_prepared > concord_core::limits::MAX_PREPARED_BRANCHES {
         anyhow::bail!(
@@ -179,6 +180,7 @@ struct CoordinatorFile {
 
 /// Runs a coordinator until Ctrl-C/SIGTERM or a decision-log failure.
 pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    concord_failpoints::configure_from_env().map_err(anyhow::Error::msg)?;
     let file: CoordinatorFile = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)

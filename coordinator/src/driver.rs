@@ -425,6 +425,7 @@ impl<W: Wal> Coordinator<W> {
                      first submitted) must be later than that"
                     )));
                 }
+                self.failpoint("coordinator.before_fence")?;
                 let lsn = self.append(&CoordinatorRecord::Fenced { txn: txn.clone() })?;
                 let machine = TxnMachine::finished(1, Phase::Aborted(AbortCause::Fenced));
                 let mut entry = Entry::new(Vec::new(), machine, self.epoch);
@@ -436,6 +437,7 @@ impl<W: Wal> Coordinator<W> {
         if let Some(lsn) = lsn {
             self.finish(txn);
             self.wal.wait_durable(lsn).await.map_err(|e| self.fail(e.to_string()))?;
+            self.failpoint("coordinator.after_fence")?;
         }
         self.get_durable(txn).await?.ok_or_else(|| CoordinatorError::NotFound(txn.to_string()))
     }
@@ -501,8 +503,10 @@ impl<W: Wal> Coordinator<W> {
             self.records_since_checkpoint.store(0, Ordering::Relaxed);
             (lsns[0], lsns[lsns.len() - 1])
         };
+        self.failpoint("coordinator.before_checkpoint")?;
         self.wal.wait_durable(end).await.map_err(|e| self.fail(e.to_string()))?;
         self.wal.truncate_before(begin).map_err(|e| self.fail(e.to_string()))?;
+        self.failpoint("coordinator.after_checkpoint")?;
         tracing::info!(checkpoint_lsn = begin.0, "coordinator checkpoint taken");
         Ok(())
     }
@@ -531,8 +535,12 @@ impl<W: Wal> Coordinator<W> {
                 for output in std::mem::take(&mut pending) {
                     match output {
                         Output::ForceStarted => {
-                            if self.force(&started).await.is_err() {
-                                return; // fatal: the reply channel drops, the client sees INTERNAL
+                            // An error (fatal) drops the reply channel: the client sees INTERNAL.
+                            if self.failpoint("coordinator.before_started").is_err()
+                                || self.force(&started).await.is_err()
+                                || self.failpoint("coordinator.after_started").is_err()
+                            {
+                                return;
                             }
                             pending.extend(self.handle(&txn, Input::StartedDurable));
                         }
@@ -558,17 +566,22 @@ impl<W: Wal> Coordinator<W> {
                             });
                         }
                         Output::ForceCommit { branches } => {
-                            concord_proto::failpoint::hit("coordinator.before_decision");
+                            if self.failpoint("coordinator.before_decision").is_err() {
+                                return; // fatal, as above
+                            }
                             let record = CoordinatorRecord::Commit {
                                 txn: txn.clone(),
                                 participants: new.participants.clone(),
                                 pending: branches,
                                 decided_unix_ms: now_unix_ms(),
                             };
-                            if self.force(&record).await.is_err() {
+                            // Planted bug (test builds only): decide without logging it.
+                            let log = !concord_failpoints::planted("commit-before-decision");
+                            if (log && self.force(&record).await.is_err())
+                                || self.failpoint("coordinator.after_decision").is_err()
+                            {
                                 return; // fatal, as above
                             }
-                            concord_proto::failpoint::hit("coordinator.after_decision");
                             {
                                 let mut table = self.table();
                                 table.undelivered += 1;
@@ -683,7 +696,10 @@ impl<W: Wal> Coordinator<W> {
                     tokio::spawn(async move { this.probe_one_phase(txn).await });
                 }
                 Output::LogEnd => {
-                    if self.append(&CoordinatorRecord::End { txn: txn.clone() }).is_ok() {
+                    if self.failpoint("coordinator.before_end").is_ok()
+                        && self.append(&CoordinatorRecord::End { txn: txn.clone() }).is_ok()
+                        && self.failpoint("coordinator.after_end").is_ok()
+                    {
                         self.finish(txn);
                     }
                     if let Some(entry) = self.table().entries.get(txn) {
@@ -753,6 +769,10 @@ impl<W: Wal> Coordinator<W> {
             }
             if let Err(status) = result {
                 tracing::warn!(txn_id = %txn, branch, code = ?status.code(), "commit delivery failed; retrying");
+            }
+            // Planted bug (test builds only): give up after one failed attempt.
+            if concord_failpoints::planted("give-up-commit") {
+                return;
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -871,6 +891,11 @@ impl<W: Wal> Coordinator<W> {
         let lsn = self.wal.append(&record.encode()).map_err(|e| self.fail(e.to_string()))?;
         self.records_since_checkpoint.fetch_add(1, Ordering::Relaxed);
         Ok(lsn)
+    }
+
+    /// A failpoint (test builds only); an injected error is a decision-log failure.
+    pub fn failpoint(&self, point: &'static str) -> Result<(), CoordinatorError> {
+        concord_failpoints::hit(point).map_err(|injected| self.fail(injected.to_string()))
     }
 
     fn refuse_if_failed(&self) -> Result<(), CoordinatorError> {

@@ -231,6 +231,7 @@ impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
         let span = tracing::debug_span!("submit", txn_id = %txn);
         let _entered = span.enter();
         let entry = self.coordinator.submit(new).await.map_err(status)?;
+        self.coordinator.failpoint("coordinator.before_reply").map_err(status)?;
         Ok(Response::new(v1::SubmitResponse {
             txn_id: txn.to_string(),
             outcome: convert::outcome_to_wire(entry.outcome()).into(),

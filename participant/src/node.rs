@@ -180,8 +180,10 @@ impl<W: Wal, S: Store> Node<W, S> {
     }
 
     /// Phase 1. Replies YES only once the PREPARED record is durable.
-    pub async fn prepare(&self, input: PrepareInput) -> Result<PrepareReply, NodeError> {
+    pub async fn prepare(&self, mut input: PrepareInput) -> Result<PrepareReply, NodeError> {
         self.refuse_if_failed()?;
+        self.failpoint("participant.before_prepare")?;
+        plant_operation_bugs(&mut input.operations);
         let txn = input.txn.clone();
         let (step, applied) = {
             let mut engine = self.engine();
@@ -209,9 +211,11 @@ impl<W: Wal, S: Store> Node<W, S> {
                     None if reply.outcome == concord_core::types::Outcome::Committed => {
                         self.wait_applied(lsn).await?;
                     }
+                    // Planted bug (test builds only): vote before the record is durable.
+                    None if concord_failpoints::planted("vote-before-durable") => {}
                     None => self.wait_durable(lsn).await?,
                 }
-                concord_proto::failpoint::hit("participant.after_prepare");
+                self.failpoint("participant.after_prepare")?;
                 Ok(reply)
             }
         }
@@ -221,7 +225,7 @@ impl<W: Wal, S: Store> Node<W, S> {
     pub async fn commit(&self, txn: &TxnId) -> Result<(), NodeError> {
         self.refuse_if_failed()?;
         if self.engine().outcome(txn) == concord_core::types::Outcome::Pending {
-            concord_proto::failpoint::hit("participant.before_commit");
+            self.failpoint("participant.before_commit")?;
         }
         let (step, applied) = {
             let mut engine = self.engine();
@@ -237,11 +241,12 @@ impl<W: Wal, S: Store> Node<W, S> {
             (step, applied)
         };
         match (step, applied) {
-            (CommitStep::Acknowledge, _) => Ok(()),
-            (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await,
+            (CommitStep::Acknowledge, _) => return Ok(()),
+            (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await?,
             // A duplicate Commit while the first is applied: acknowledge once applied too.
-            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_applied(lsn).await,
+            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_applied(lsn).await?,
         }
+        self.failpoint("participant.after_commit")
     }
 
     /// Phase 2, abort. Never waits for its record (presumed abort). `deadline_unix_ms` is the
@@ -254,11 +259,15 @@ impl<W: Wal, S: Store> Node<W, S> {
         deadline_unix_ms: Option<u64>,
     ) -> Result<AbortStep, NodeError> {
         self.refuse_if_failed()?;
+        self.failpoint("participant.before_abort")?;
         let result = self
             .engine()
             .handle_abort(now_unix_ms(), txn, deadline_unix_ms, &mut |r| self.append(r));
         match result {
-            Ok(step) => Ok(step),
+            Ok(step) => {
+                self.failpoint("participant.after_abort")?;
+                Ok(step)
+            }
             Err(EngineError::Committing { lsn, message }) => {
                 self.wait_durable(lsn).await?;
                 Err(NodeError::WrongState(message))
@@ -319,6 +328,7 @@ impl<W: Wal, S: Store> Node<W, S> {
         };
         // Every commit below `begin` is either applied (and this sync makes it durable in the
         // store) or still committing (and carried by the checkpoint).
+        self.failpoint("participant.before_checkpoint")?;
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || store.sync())
             .await
@@ -326,6 +336,7 @@ impl<W: Wal, S: Store> Node<W, S> {
             .map_err(|e| self.check_fatal(e.into()))?;
         self.wait_durable(end).await?;
         self.wal.truncate_before(Lsn(begin)).map_err(|e| self.check_fatal(e.into()))?;
+        self.failpoint("participant.after_checkpoint")?;
         tracing::info!(participant = %self.config.name, checkpoint_lsn = begin, "checkpoint taken");
         Ok(())
     }
@@ -396,6 +407,12 @@ impl<W: Wal, S: Store> Node<W, S> {
         Ok(())
     }
 
+    /// A failpoint (test builds only); an injected error is a storage failure.
+    fn failpoint(&self, point: &'static str) -> Result<(), NodeError> {
+        concord_failpoints::hit(point)
+            .map_err(|injected| self.check_fatal(NodeError::Fatal(injected.to_string())))
+    }
+
     /// Marks the node failed if `error` is fatal, and passes the error on.
     fn check_fatal(&self, error: NodeError) -> NodeError {
         if let NodeError::Fatal(reason) = &error
@@ -421,7 +438,11 @@ async fn run_applier<W: Wal, S: Store>(
         for job in batch.drain(..) {
             let result = match &durable {
                 Err(error) => Err(NodeError::Fatal(error.to_string())),
-                Ok(()) => match node.store.apply(&job.writes, job.lsn) {
+                Ok(()) => match node
+                    .failpoint("participant.before_apply")
+                    .and_then(|()| node.store.apply(&job.writes, job.lsn).map_err(Into::into))
+                    .and_then(|()| node.failpoint("participant.after_apply"))
+                {
                     Ok(()) => {
                         node.engine().commit_applied(&job.txn);
                         node.applied.send_if_modified(|applied| {
@@ -431,11 +452,34 @@ async fn run_applier<W: Wal, S: Store>(
                         });
                         Ok(())
                     }
-                    Err(error) => Err(node.check_fatal(error.into())),
+                    Err(error) => Err(node.check_fatal(error)),
                 },
             };
             let _ = job.done.send(result);
         }
+    }
+}
+
+/// Planted bugs (test builds only, `CONCORD_PLANTED_BUGS`) that alter a branch's operations,
+/// so the chaos harness can prove it notices: `ignore-bounds` drops counter bounds,
+/// `double-apply` applies every counter add twice.
+fn plant_operation_bugs(operations: &mut Vec<concord_core::types::Operation>) {
+    use concord_core::types::Operation;
+    if concord_failpoints::planted("ignore-bounds") {
+        for operation in operations.iter_mut() {
+            if let Operation::CounterAdd { lower_bound, upper_bound, .. } = operation {
+                *lower_bound = None;
+                *upper_bound = None;
+            }
+        }
+    }
+    if concord_failpoints::planted("double-apply") {
+        let doubled: Vec<Operation> = operations
+            .iter()
+            .filter(|operation| matches!(operation, Operation::CounterAdd { .. }))
+            .cloned()
+            .collect();
+        operations.extend(doubled);
     }
 }
 

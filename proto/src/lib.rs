@@ -4,7 +4,6 @@
 //! transport settings every Concord server and channel shares ([`net`]).
 
 pub mod convert;
-pub mod failpoint;
 pub mod net;
 
 /// Generated code for `package concord.v1`.

@@ -297,12 +297,14 @@ impl Wal for FileWal {
         if removable == 0 {
             return Ok(());
         }
+        failpoint("wal.before_truncate").map_err(|e| WalError::io("removing old segments", &e))?;
         for segment in segments.drain(..removable) {
             std::fs::remove_file(&segment.path)
                 .map_err(|e| WalError::io(format!("removing {}", segment.path.display()), &e))?;
         }
         drop(segments);
         sync_dir(&self.shared.dir)?;
+        failpoint("wal.after_truncate").map_err(|e| WalError::io("removing old segments", &e))?;
         tracing::debug!(before = %lsn, removed = removable, "truncated write-ahead log");
         Ok(())
     }
@@ -335,7 +337,11 @@ fn run_writer(shared: &Shared, mut file: File, mut file_len: u64) {
             Lsn(state.next_lsn.0 - 1)
         };
 
-        let written = file.write_all(&batch).and_then(|()| sync_data(shared, &file));
+        let written = file
+            .write_all(&batch)
+            .and_then(|()| failpoint("wal.before_sync"))
+            .and_then(|()| sync_data(shared, &file))
+            .and_then(|()| failpoint("wal.after_sync"));
         if let Err(error) = written {
             fail(shared, format!("writing and syncing the active segment: {error}"));
             break;
@@ -379,6 +385,11 @@ fn sync_data(shared: &Shared, file: &File) -> std::io::Result<()> {
     #[cfg(not(test))]
     let _ = shared;
     file.sync_data()
+}
+
+/// A failpoint (test builds only) as an I/O result: `error` fails like a disk would.
+fn failpoint(point: &'static str) -> std::io::Result<()> {
+    concord_failpoints::hit(point).map_err(std::io::Error::other)
 }
 
 /// Marks the log failed: appends and waits fail from now on. Never retried (see crate docs).
