@@ -1,7 +1,9 @@
-//! The chaos harness: process launcher, TCP fault proxy, nemesis, workload, history, checker
-//! and deterministic simulation (DESIGN.md "Testing tiers"; issue 5).
-//!
-//! Nothing is built here yet. Until it is, the real-process fault test is
-//! `tests/faults_under_load.rs` (seeded SIGKILLs and SIGSTOP pauses of every process under a
-//! transfer workload, with atomicity, exactly-once, conservation and nothing-stuck checks), and
-//! the crash points are the debug-build failpoints in `concord_proto::failpoint`.
+//! The chaos harness (DESIGN.md "Testing tiers"): it starts a coordinator and participants as
+//! real processes on 127.0.0.1, routes every link through its own TCP fault proxy, runs a
+//! bank-transfer workload with client-chosen ids and deliberate duplicates while a seeded
+//! nemesis kills, pauses, partitions, delays and resets, records the history, heals, and checks
+//! what Concord promises. `concord chaos` is its command line.
+
+pub mod histogram;
+pub mod process;
+pub mod rng;

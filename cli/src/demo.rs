@@ -15,13 +15,16 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
+use concord_chaos::histogram::Histogram;
+use concord_chaos::process::{Server, ServerSpec};
+use concord_chaos::rng::{Prng, clock_seed};
 use concord_client::info::outcome_str;
 use concord_client::{
     Client, ClientError, ClientOptions, ParticipantReader, RejectKind, Submitted, Transaction,
@@ -29,17 +32,11 @@ use concord_client::{
 };
 use concord_core::limits;
 use concord_core::types::{Operation, Outcome, counter};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// The participants' names, in start order.
 const PARTICIPANTS: [&str; 3] = ["alpha", "beta", "gamma"];
-/// How long a server may take to print `listening on ADDR`.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a server may take to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the final phase may spend resolving unknowns and waiting for delivery.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long loading one batch of accounts may take, retries included.
@@ -182,7 +179,7 @@ async fn set_up(
     eprintln!("concord demo: data and logs in {}", args.data_dir.display());
     cluster.start(exe, &args.data_dir).await?;
     for server in cluster.servers() {
-        eprintln!("  {:<22} {}", server.label, server.address);
+        eprintln!("  {:<22} {}", server.label(), server.address());
     }
     let coordinator = cluster.coordinator_address()?;
     let client = Client::connect_with(
@@ -192,8 +189,8 @@ async fn set_up(
     let mut readers = Vec::with_capacity(PARTICIPANTS.len());
     for server in &cluster.participants {
         readers.push((
-            server.name.clone(),
-            ParticipantReader::connect(&server.address.to_string(), CALL_TIMEOUT)?,
+            server.name().to_string(),
+            ParticipantReader::connect(&server.address().to_string(), CALL_TIMEOUT)?,
         ));
     }
     eprintln!(
@@ -249,24 +246,6 @@ fn prepare_data_dir(dir: &Path, keep: bool) -> anyhow::Result<()> {
 
 // ───────────────────────────── Child processes ─────────────────────────────
 
-/// One server the demo started.
-struct Server {
-    /// For messages: `participant alpha`, `coordinator`.
-    label: String,
-    /// The participant's name, or `coordinator`.
-    name: String,
-    /// Where it listens, from its `listening on` line.
-    address: SocketAddr,
-    /// The process; never reaped until we stop it, so its pid cannot be reused meanwhile.
-    child: Child,
-    /// The write end of its stdin, held for its life: the server was started with
-    /// `--stop-on-stdin-eof`, so if the demo dies in any way (even SIGKILL) the pipe closes and
-    /// the server stops.
-    _lifeline: Option<tokio::process::ChildStdin>,
-    /// Its stderr.
-    log: PathBuf,
-}
-
 /// The servers the demo started; every one is stopped by [`Cluster::stop`], or killed when
 /// dropped (`kill_on_drop`) if the demo fails before that.
 #[derive(Default)]
@@ -287,7 +266,7 @@ impl Cluster {
     }
 
     fn coordinator_address(&self) -> anyhow::Result<SocketAddr> {
-        self.coordinator.as_ref().map(|server| server.address).context("no coordinator running")
+        self.coordinator.as_ref().map(Server::address).context("no coordinator running")
     }
 
     /// Starts the participants, then the coordinator on a port reserved before the
@@ -323,7 +302,7 @@ impl Cluster {
             ];
             for server in &self.participants {
                 args.push("--participant".into());
-                args.push(format!("{}={}", server.name, server.address).into());
+                args.push(format!("{}={}", server.name(), server.address()).into());
             }
             drop(reservation);
             match start_server(exe, "coordinator".to_string(), "coordinator", args, data_dir).await
@@ -361,75 +340,15 @@ impl Cluster {
 
     /// Servers that have exited on their own, with how they ended.
     fn exited(&mut self) -> Vec<String> {
-        let mut exited = Vec::new();
-        for server in self.participants.iter_mut().chain(self.coordinator.as_mut()) {
-            match server.child.try_wait() {
-                Ok(None) => {}
-                Ok(Some(status)) => exited.push(format!(
-                    "{} exited ({status}); see {}",
-                    server.label,
-                    server.log.display()
-                )),
-                Err(error) => exited.push(format!("{}: cannot check it: {error}", server.label)),
-            }
-        }
-        exited
+        self.participants
+            .iter_mut()
+            .chain(self.coordinator.as_mut())
+            .filter_map(Server::exited)
+            .collect()
     }
 }
 
-impl Server {
-    /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL. `None` if it stopped cleanly.
-    async fn stop(mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                return Some(format!("{} had already exited ({status})", self.label));
-            }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, server = %self.label, "cannot check the server"),
-        }
-        // The child is not reaped yet (try_wait said it runs), so this pid is still ours.
-        if let Some(pid) = self.child.id() {
-            let signalled = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await
-                .is_ok_and(|status| status.success());
-            if signalled {
-                match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
-                    Ok(Ok(status)) if status.success() => return None,
-                    Ok(Ok(status)) => {
-                        return Some(format!(
-                            "{} exited with {status} after SIGTERM; see {}",
-                            self.label,
-                            self.log.display()
-                        ));
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, server = %self.label, "waiting for the server");
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-        if let Err(error) = self.child.kill().await {
-            return Some(format!("{}: could not kill it: {error}", self.label));
-        }
-        Some(format!("{} did not stop within {STOP_GRACE:?} of SIGTERM; killed", self.label))
-    }
-}
-
-/// How a server's start ended.
-enum Readiness {
-    Listening(String),
-    Exited(std::io::Result<std::process::ExitStatus>),
-}
-
-/// Starts `exe args` with stderr appended to `DATA_DIR/NAME.log` and waits for its
-/// `listening on ADDR` line.
+/// Starts one server with its log at `DATA_DIR/NAME.log`.
 async fn start_server(
     exe: &Path,
     label: String,
@@ -438,102 +357,15 @@ async fn start_server(
     data_dir: &Path,
 ) -> anyhow::Result<Server> {
     let log = data_dir.join(format!("{name}.log"));
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening {}", log.display()))?;
-    let mut command = Command::new(exe);
-    command
-        .args(&args)
-        .arg("--stop-on-stdin-eof")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
-        .kill_on_drop(true)
-        // Its own process group: a Ctrl-C in the terminal reaches only the demo, which then
-        // stops the servers in order.
-        .process_group(0);
-    // The servers read their settings from CONCORD_* variables too; the demo's flags must be
-    // the whole configuration.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CONCORD_") {
-            command.env_remove(key);
-        }
-    }
-    // The logs are files: no colour codes in them.
-    command.env("NO_COLOR", "1");
-    let mut child = command.spawn().with_context(|| format!("starting the {label}"))?;
-    // Taken at once: tokio's `Child::wait` (raced below against the `listening on` line) closes
-    // a stdin it still holds, which would stop the server.
-    let lifeline = child.stdin.take();
-    let stdout = child.stdout.take().context("the child's stdout was not captured")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let waited = tokio::time::timeout(READY_TIMEOUT, async {
-        loop {
-            let line = tokio::select! {
-                line = lines.next_line() => line,
-                status = child.wait() => return Readiness::Exited(status),
-            };
-            match line {
-                Ok(Some(line)) => {
-                    if let Some(address) = line.trim().strip_prefix("listening on ") {
-                        return Readiness::Listening(address.to_string());
-                    }
-                }
-                // Stdout closed: the process is on its way out.
-                Ok(None) | Err(_) => return Readiness::Exited(child.wait().await),
-            }
-        }
-    })
-    .await;
-    let address = match waited {
-        Ok(Readiness::Listening(address)) => address,
-        Ok(Readiness::Exited(status)) => {
-            let status = status.map_or_else(|error| error.to_string(), |s| s.to_string());
-            anyhow::bail!(
-                "the {label} exited before it was ready ({status}); the end of {}:\n{}",
-                log.display(),
-                log_tail(&log)
-            );
-        }
-        Err(_) => {
-            let _ = child.kill().await;
-            anyhow::bail!(
-                "the {label} did not print \"listening on\" within {READY_TIMEOUT:?}; the end of \
-                 {}:\n{}",
-                log.display(),
-                log_tail(&log)
-            );
-        }
+    let spec = ServerSpec {
+        label,
+        name: name.to_string(),
+        exe: exe.to_path_buf(),
+        args,
+        env: Vec::new(),
+        log,
     };
-    let address: SocketAddr = match address.parse() {
-        Ok(address) => address,
-        Err(error) => {
-            let _ = child.kill().await;
-            anyhow::bail!("the {label} announced an unusable address {address:?}: {error}");
-        }
-    };
-    // Keep reading stdout so the server never blocks on (or fails) a write to it.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Server { label, name: name.to_string(), address, child, _lifeline: lifeline, log })
-}
-
-/// The last lines of a log file, indented, for error messages.
-fn log_tail(path: &Path) -> String {
-    const TAIL_BYTES: usize = 4096;
-    const TAIL_LINES: usize = 12;
-    let Ok(bytes) = std::fs::read(path) else {
-        return "    (no log)".to_string();
-    };
-    let start = bytes.len().saturating_sub(TAIL_BYTES);
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = &lines[lines.len().saturating_sub(TAIL_LINES)..];
-    if tail.is_empty() {
-        return "    (empty)".to_string();
-    }
-    tail.iter().map(|line| format!("    {line}")).collect::<Vec<_>>().join("\n")
+    concord_chaos::process::start(&spec).await
 }
 
 // ───────────────────────────── Interrupts ─────────────────────────────
@@ -1284,114 +1116,6 @@ async fn finish(
 
 // ───────────────────────────── Small tools ─────────────────────────────
 
-/// xorshift64* (Vigna): tiny, fast, and good enough for picking accounts. Not for secrets.
-#[derive(Clone, Debug)]
-struct Prng(u64);
-
-impl Prng {
-    /// A generator from `seed`, spread with splitmix64 so nearby seeds differ (and the state is
-    /// never the all-zero fixed point).
-    fn new(seed: u64) -> Prng {
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        Prng(if z == 0 { 0x9E37_79B9_7F4A_7C15 } else { z })
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..bound` (0 if `bound` is 0), by multiply-shift (Lemire).
-    fn below(&mut self, bound: u64) -> u64 {
-        // The product's high half is below `bound`, so it fits in u64.
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
-    }
-}
-
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
-        ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-/// Sub-buckets per power of two: quantiles are within about 6% of the true value.
-const SUB_BUCKETS: u64 = 16;
-/// Buckets: exact below 16 µs, then 16 per power of two up to 2^64 µs.
-const BUCKETS: usize = 16 + 60 * 16;
-
-/// A fixed-size log-linear latency histogram in microseconds: bounded memory however long the
-/// demo runs.
-#[derive(Clone)]
-struct Histogram {
-    counts: Box<[u64; BUCKETS]>,
-    total: u64,
-    max_us: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Histogram {
-        Histogram { counts: Box::new([0; BUCKETS]), total: 0, max_us: 0 }
-    }
-}
-
-impl Histogram {
-    fn bucket(micros: u64) -> usize {
-        if micros < SUB_BUCKETS {
-            return micros as usize;
-        }
-        let exponent = u64::from(63 - micros.leading_zeros()); // >= 4
-        let sub = (micros >> (exponent - 4)) & (SUB_BUCKETS - 1);
-        (SUB_BUCKETS + (exponent - 4) * SUB_BUCKETS + sub) as usize
-    }
-
-    /// The middle of bucket `index`, in microseconds.
-    fn value(index: usize) -> u64 {
-        let index = index as u64;
-        if index < SUB_BUCKETS {
-            return index;
-        }
-        let exponent = (index - SUB_BUCKETS) / SUB_BUCKETS + 4;
-        let sub = (index - SUB_BUCKETS) % SUB_BUCKETS;
-        let width = 1u64 << (exponent - 4);
-        (SUB_BUCKETS + sub) * width + width / 2
-    }
-
-    fn record(&mut self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = Histogram::bucket(micros).min(BUCKETS - 1);
-        self.counts[bucket] += 1;
-        self.total += 1;
-        self.max_us = self.max_us.max(micros);
-    }
-
-    fn quantile(&self, quantile: f64) -> Option<Duration> {
-        if self.total == 0 {
-            return None;
-        }
-        let rank = ((quantile * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0;
-        for (index, count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(Duration::from_micros(Histogram::value(index).min(self.max_us)));
-            }
-        }
-        Some(Duration::from_micros(self.max_us))
-    }
-
-    fn max(&self) -> Option<Duration> {
-        (self.total > 0).then(|| Duration::from_micros(self.max_us))
-    }
-}
-
 /// Parses `20s`, `2m`, `500ms`, `1h`, `1m30s` (integers with units ms, s, m, h; a bare number
 /// is seconds), between 1 ms and 24 h.
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -1485,50 +1209,6 @@ mod tests {
         }
     }
 
-    /// The generator is deterministic per seed, differs across seeds, and stays below bounds.
-    #[test]
-    fn prng_is_seeded_and_bounded() {
-        let draw = |seed| {
-            let mut rng = Prng::new(seed);
-            (0..8).map(|_| rng.next_u64()).collect::<Vec<_>>()
-        };
-        assert_eq!(draw(7), draw(7));
-        assert_ne!(draw(7), draw(8));
-        let mut rng = Prng::new(0);
-        let mut seen = [false; 3];
-        for _ in 0..1_000 {
-            let value = rng.below(3);
-            assert!(value < 3);
-            seen[value as usize] = true;
-        }
-        assert_eq!(seen, [true; 3]);
-        assert_eq!(rng.below(0), 0);
-    }
-
-    /// Quantiles land within a bucket's width of the true value, and never above the maximum.
-    #[test]
-    fn histogram_quantiles_are_close() {
-        let mut histogram = Histogram::default();
-        assert_eq!(histogram.quantile(0.5), None);
-        for micros in 1..=10_000u64 {
-            histogram.record(Duration::from_micros(micros));
-        }
-        let p50 = histogram.quantile(0.5).unwrap().as_micros() as f64;
-        let p99 = histogram.quantile(0.99).unwrap().as_micros() as f64;
-        assert!((p50 - 5_000.0).abs() / 5_000.0 < 0.07, "{p50}");
-        assert!((p99 - 9_900.0).abs() / 9_900.0 < 0.07, "{p99}");
-        assert_eq!(histogram.max(), Some(Duration::from_micros(10_000)));
-        assert!(histogram.quantile(1.0).unwrap() <= Duration::from_micros(10_000));
-        for micros in [0, 1, 15, 16, 17, 31, 32, 1 << 20, u64::MAX] {
-            let bucket = Histogram::bucket(micros);
-            assert!(bucket < BUCKETS, "{micros}");
-            if micros < 1 << 40 {
-                let value = Histogram::value(bucket) as f64;
-                assert!((value - micros as f64).abs() <= (micros as f64 / 16.0).max(0.5) + 1.0);
-            }
-        }
-    }
-
     /// Numbers print with thousands separators.
     #[test]
     fn numbers_print_with_separators() {
@@ -1558,39 +1238,6 @@ mod tests {
         prepare_data_dir(&ours, false).unwrap();
         assert!(!ours.join("old.log").exists());
         assert!(ours.join(MARKER_FILE).exists());
-    }
-
-    /// A server that exits before announcing its address is reported with its exit status and
-    /// the end of its log.
-    #[tokio::test]
-    async fn a_server_that_dies_early_is_reported_with_its_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = vec!["-c".into(), "echo 'cannot open the store' >&2; exit 3".into()];
-        let error = start_server(Path::new("/bin/sh"), "test server".into(), "t", args, dir.path())
-            .await
-            .err()
-            .expect("the server exits");
-        let text = format!("{error:#}");
-        assert!(text.contains("exited before it was ready"), "{text}");
-        assert!(text.contains("cannot open the store"), "{text}");
-    }
-
-    /// A server's address is read from its `listening on` line, and stopping it sends SIGTERM
-    /// to its own pid.
-    #[tokio::test]
-    async fn a_ready_server_is_found_and_stopped_by_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let script = "echo starting; echo 'listening on 127.0.0.1:4567'; exec sleep 30";
-        let args = vec!["-c".into(), script.into()];
-        let server =
-            start_server(Path::new("/bin/sh"), "test server".into(), "t", args, dir.path())
-                .await
-                .unwrap();
-        assert_eq!(server.address, "127.0.0.1:4567".parse().unwrap());
-        let started = Instant::now();
-        let note = server.stop().await.expect("sleep dies of SIGTERM, which is not a clean exit");
-        assert!(note.contains("after SIGTERM"), "{note}");
-        assert!(started.elapsed() < STOP_GRACE, "stopped by SIGTERM, not by the kill fallback");
     }
 
     /// Account keys sort inside the scanned range.
