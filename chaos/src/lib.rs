@@ -4,6 +4,12 @@
 //! nemesis kills, pauses, partitions, delays and resets, records the history, heals, and checks
 //! what Concord promises. `concord chaos` is its command line.
 
+pub mod check;
+pub mod cluster;
 pub mod histogram;
+pub mod nemesis;
 pub mod process;
+pub mod proxy;
 pub mod rng;
+pub mod run;
+pub mod workload;

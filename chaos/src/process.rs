@@ -51,7 +51,7 @@ pub struct Server {
     /// The process; never reaped until we stop it, so its pid cannot be reused meanwhile.
     child: Child,
     /// The write end of its stdin, held for its life (see the module docs).
-    _lifeline: Option<tokio::process::ChildStdin>,
+    lifeline: Option<tokio::process::ChildStdin>,
     log: PathBuf,
 }
 
@@ -124,6 +124,8 @@ impl Server {
         }
         if self.signal("TERM").await.is_ok() {
             let _ = self.signal("CONT").await;
+            // Its stdin closes too: a server that still reads it must not wait on us.
+            self.lifeline = None;
             match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
                 Ok(Ok(status)) if status.success() => return None,
                 Ok(Ok(status)) => {
@@ -237,7 +239,7 @@ pub async fn start(spec: &ServerSpec) -> anyhow::Result<Server> {
         name: name.clone(),
         address,
         child,
-        _lifeline: lifeline,
+        lifeline,
         log: log.clone(),
     })
 }

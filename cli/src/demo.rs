@@ -1118,7 +1118,7 @@ async fn finish(
 
 /// Parses `20s`, `2m`, `500ms`, `1h`, `1m30s` (integers with units ms, s, m, h; a bare number
 /// is seconds), between 1 ms and 24 h.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration; try 20s, 2m or 500ms".to_string());

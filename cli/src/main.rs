@@ -4,6 +4,7 @@
 //! `main` only parses flags, installs tracing and dispatches; servers bind their listener here
 //! and hand it to the libraries' `serve` functions, which never bind sockets themselves.
 
+mod chaos;
 mod demo;
 mod servers;
 mod txn;
@@ -32,6 +33,8 @@ enum Command {
     Get(txn::GetArgs),
     /// List transactions.
     List(txn::ListArgs),
+    /// Run the chaos harness: faults under load against local processes, then every check.
+    Chaos(chaos::ChaosArgs),
 }
 
 /// The exit status for a usage error (sysexits' EX_USAGE), distinct from `submit`'s 2,
@@ -83,8 +86,15 @@ fn main() -> std::process::ExitCode {
                 init_tracing("warn");
                 txn::list(args).await
             }
+            Command::Chaos(args) => {
+                init_tracing("warn");
+                chaos::run_chaos(args).await
+            }
         }
     });
+    // Do not wait for blocking tasks that may never end (a read of a stdin lifeline the parent
+    // still holds): everything that matters has finished or been made durable by now.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(code) => code,
         Err(error) => {

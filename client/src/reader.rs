@@ -137,6 +137,35 @@ impl ParticipantReader {
             message: format!("the participant's scan did not finish within {max_pages} pages"),
         })
     }
+
+    /// The ids of the participant's in-doubt branches (prepared, outcome not yet known), the
+    /// first `max` of them in id order; a branch listed here holds its keys locked.
+    pub async fn in_doubt(&self, max: usize) -> Result<Vec<String>, ClientError> {
+        let mut ids = Vec::new();
+        let mut token = String::new();
+        // Every page but the last holds at least one id, so this many pages suffices.
+        for _ in 0..max.saturating_add(1) {
+            let page_size = (max - ids.len()).min(limits::MAX_PAGE_SIZE);
+            let mut request = tonic::Request::new(v1::ListInDoubtRequest {
+                page_size: u32::try_from(page_size).unwrap_or(u32::MAX),
+                page_token: token,
+            });
+            request.set_timeout(self.call_timeout);
+            let mut inner = self.inner.clone();
+            let page = inner
+                .list_in_doubt(request)
+                .await
+                .map_err(|status| ClientError::from_status(&status, None))?
+                .into_inner();
+            ids.extend(page.branches.into_iter().map(|branch| branch.txn_id));
+            ids.truncate(max);
+            if page.next_page_token.is_empty() || ids.len() >= max {
+                return Ok(ids);
+            }
+            token = page.next_page_token;
+        }
+        Ok(ids)
+    }
 }
 
 fn entry_from_wire(entry: v1::KeyValue) -> Entry {

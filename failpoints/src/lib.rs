@@ -54,6 +54,7 @@ pub const BUGS: &[(&str, &str)] = &[
     ("double-apply", "a participant applies each counter add of a branch twice"),
     ("ignore-bounds", "a participant ignores the bounds of counter adds"),
     ("give-up-commit", "the coordinator stops delivering a Commit after one failed attempt"),
+    ("drop-last-write", "a participant applies all but the last write of a commit"),
 ];
 
 /// The error an armed `error` action injects.

@@ -440,7 +440,9 @@ async fn run_applier<W: Wal, S: Store>(
                 Err(error) => Err(NodeError::Fatal(error.to_string())),
                 Ok(()) => match node
                     .failpoint("participant.before_apply")
-                    .and_then(|()| node.store.apply(&job.writes, job.lsn).map_err(Into::into))
+                    .and_then(|()| {
+                        node.store.apply(planted_writes(&job.writes), job.lsn).map_err(Into::into)
+                    })
                     .and_then(|()| node.failpoint("participant.after_apply"))
                 {
                     Ok(()) => {
@@ -481,6 +483,15 @@ fn plant_operation_bugs(operations: &mut Vec<concord_core::types::Operation>) {
             .collect();
         operations.extend(doubled);
     }
+}
+
+/// The writes to apply: all of them, unless the planted bug `drop-last-write` is on (test
+/// builds only).
+fn planted_writes(writes: &[Write]) -> &[Write] {
+    if concord_failpoints::planted("drop-last-write") && writes.len() > 1 {
+        return &writes[..writes.len() - 1];
+    }
+    writes
 }
 
 /// Wall-clock milliseconds since the Unix epoch: the time input to the engine.

@@ -1,0 +1,405 @@
+//! The bank-transfer workload and the history it records.
+//!
+//! Each worker runs a closed loop of transfers with client-chosen ids. A transfer between two
+//! participants is a two-phase commit; one between two accounts of one participant is a
+//! one-phase commit. Every branch also adds 1 to its worker's `applied-W` counter and writes
+//! the marker key `t/ID`, which is how the checker sees where each transaction was applied.
+//! Some transfers are submitted twice, one after the other or both at once, and an unknown
+//! answer is retried under the same id a bounded number of times: the coordinator must run
+//! each id at most once whatever the client does.
+//!
+//! Every call is an event of the history (invoke, then ok / fail / unknown), streamed to
+//! `history.jsonl`; the in-memory summary keeps one small record per transaction.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use concord_client::{Client, ClientError, Transaction};
+use concord_core::types::{Operation, Outcome};
+
+use crate::histogram::Histogram;
+use crate::rng::Prng;
+
+/// Account keys are `acct-0000`, `acct-0001`, ... on every participant.
+pub fn account_key(index: usize) -> Vec<u8> {
+    format!("acct-{index:04}").into_bytes()
+}
+
+/// A worker's counter of the branches it applied at one participant.
+pub fn applied_key(worker: usize) -> Vec<u8> {
+    format!("applied-{worker:03}").into_bytes()
+}
+
+/// The marker a transaction's branches write.
+pub fn marker_key(txn_id: &str) -> Vec<u8> {
+    format!("t/{txn_id}").into_bytes()
+}
+
+/// The shape of the workload.
+#[derive(Clone, Debug)]
+pub struct WorkloadSpec {
+    /// Closed-loop workers (transactions in flight, duplicates aside).
+    pub workers: usize,
+    /// Accounts per participant.
+    pub accounts: usize,
+    /// Each account's starting balance.
+    pub initial_balance: i64,
+    /// The largest amount one transfer moves.
+    pub max_amount: i64,
+    /// Percent of transfers within one participant (one-phase commit).
+    pub one_phase_percent: u64,
+    /// Percent of transfers submitted a second time after the first answer.
+    pub resubmit_percent: u64,
+    /// Percent of transfers submitted twice at once.
+    pub concurrent_duplicate_percent: u64,
+    /// Each transaction's decision timeout.
+    pub txn_timeout_ms: u32,
+    /// Submits of one id after an unknown answer, at most (besides the first).
+    pub unknown_retries: u32,
+    /// Transactions in the whole run, at most: the history's bound. Workers stop there.
+    pub max_transactions: usize,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            workers: 8,
+            accounts: 10,
+            initial_balance: 1_000,
+            max_amount: 300,
+            one_phase_percent: 20,
+            resubmit_percent: 10,
+            concurrent_duplicate_percent: 5,
+            txn_timeout_ms: 2_000,
+            unknown_retries: 2,
+            max_transactions: 2_000_000,
+        }
+    }
+}
+
+/// What the client was last told about one transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Told {
+    /// Nothing definite yet.
+    Unknown,
+    /// Committed.
+    Committed,
+    /// Aborted.
+    Aborted,
+}
+
+/// One transaction of the history.
+#[derive(Clone, Debug)]
+pub struct TxnRecord {
+    /// Its id.
+    pub id: String,
+    /// The worker that ran it.
+    pub worker: usize,
+    /// The participants (indexes) it has branches at: one, or two.
+    pub participants: Vec<usize>,
+    /// When it was first submitted (for fencing).
+    pub first_submitted_unix_ms: u64,
+    /// The last definite answer.
+    pub told: Told,
+    /// Two definite answers that disagreed, if any.
+    pub contradiction: Option<String>,
+}
+
+/// Counters and latencies of the run.
+#[derive(Default)]
+pub struct Tally {
+    /// Submit calls made (duplicates and retries included).
+    pub calls: u64,
+    /// Calls beyond the first of each id: deliberate duplicates and retries after unknowns.
+    pub duplicate_calls: u64,
+    /// Calls answered COMMITTED.
+    pub committed_answers: u64,
+    /// Calls answered ABORTED.
+    pub aborted_answers: u64,
+    /// Calls with no definite answer.
+    pub unknown_answers: u64,
+    /// Latency of every call that got a definite answer.
+    pub latency: Histogram,
+    /// The slowest definite answer while a fault was active.
+    pub worst_during_faults: Duration,
+}
+
+/// The history: the per-transaction summary in memory, every event in a file.
+pub struct History {
+    started: Instant,
+    txns: Mutex<Vec<TxnRecord>>,
+    tally: Mutex<Tally>,
+    events: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl History {
+    /// A history whose events go to `path`.
+    pub fn create(path: &std::path::Path) -> anyhow::Result<History> {
+        let file = std::fs::File::create(path)?;
+        Ok(History {
+            started: Instant::now(),
+            txns: Mutex::new(Vec::new()),
+            tally: Mutex::new(Tally::default()),
+            events: Mutex::new(Some(std::io::BufWriter::new(file))),
+        })
+    }
+
+    fn event(&self, txn: &str, kind: &str, detail: &str) {
+        let line = serde_json::json!({
+            "t_ms": self.started.elapsed().as_millis() as u64,
+            "txn": txn,
+            "type": kind,
+            "detail": detail,
+        });
+        if let Some(out) = lock(&self.events).as_mut() {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    /// Flushes the event file.
+    pub fn flush(&self) {
+        if let Some(out) = lock(&self.events).as_mut() {
+            let _ = out.flush();
+        }
+    }
+
+    /// A copy of every transaction's record.
+    pub fn transactions(&self) -> Vec<TxnRecord> {
+        lock(&self.txns).clone()
+    }
+
+    /// The counters so far.
+    pub fn with_tally<T>(&self, read: impl FnOnce(&Tally) -> T) -> T {
+        read(&lock(&self.tally))
+    }
+
+    fn begin(&self, record: TxnRecord, max: usize) -> Option<usize> {
+        let mut txns = lock(&self.txns);
+        if txns.len() >= max {
+            return None;
+        }
+        txns.push(record);
+        Some(txns.len() - 1)
+    }
+
+    fn answer(&self, index: usize, told: Told) {
+        let mut txns = lock(&self.txns);
+        let record = &mut txns[index];
+        if told == Told::Unknown {
+            return;
+        }
+        if record.told != Told::Unknown && record.told != told && record.contradiction.is_none() {
+            record.contradiction = Some(format!("told {:?}, then {told:?}", record.told));
+        }
+        record.told = told;
+    }
+}
+
+/// Whether the nemesis has a fault active, and how many faults it has begun (to tell whether a
+/// call overlapped one).
+#[derive(Default)]
+pub struct FaultClock {
+    active: std::sync::atomic::AtomicUsize,
+    begun: std::sync::atomic::AtomicU64,
+}
+
+impl FaultClock {
+    /// A fault begins.
+    pub fn begin(&self) {
+        self.begun.fetch_add(1, Ordering::SeqCst);
+        self.active.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A fault ends.
+    pub fn end(&self) {
+        self.active.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn mark(&self) -> (bool, u64) {
+        (self.active.load(Ordering::SeqCst) > 0, self.begun.load(Ordering::SeqCst))
+    }
+
+    fn overlapped(&self, at_start: (bool, u64)) -> bool {
+        let now = self.mark();
+        at_start.0 || now.0 || now.1 != at_start.1
+    }
+}
+
+/// Builds one transfer for `worker`.
+fn transfer(
+    spec: &WorkloadSpec,
+    rng: &mut Prng,
+    participants: &[String],
+    worker: usize,
+    id: &str,
+) -> (Transaction, Vec<usize>) {
+    let amount = 1 + rng.below(spec.max_amount as u64) as i64;
+    let accounts = spec.accounts as u64;
+    let from = rng.below(participants.len() as u64) as usize;
+    let debit_account = rng.below(accounts) as usize;
+    let mut txn = Transaction::new().with_txn_id(id).with_timeout_ms(spec.txn_timeout_ms);
+    let bookkeeping = |delta_key: Vec<u8>, delta: i64, lower: Option<i64>| {
+        vec![
+            Operation::CounterAdd { key: delta_key, delta, lower_bound: lower, upper_bound: None },
+            Operation::CounterAdd {
+                key: applied_key(worker),
+                delta: 1,
+                lower_bound: None,
+                upper_bound: None,
+            },
+            Operation::Put { key: marker_key(id), value: b"1".to_vec() },
+        ]
+    };
+    let one_phase = participants.len() < 2 || rng.below(100) < spec.one_phase_percent;
+    if one_phase && accounts >= 2 {
+        let credit_account = (debit_account + 1 + rng.below(accounts - 1) as usize) % spec.accounts;
+        let mut operations = bookkeeping(account_key(debit_account), -amount, Some(0));
+        operations.push(Operation::CounterAdd {
+            key: account_key(credit_account),
+            delta: amount,
+            lower_bound: None,
+            upper_bound: None,
+        });
+        txn = txn.with_branch(participants[from].clone(), operations);
+        return (txn, vec![from]);
+    }
+    let to = (from + 1 + rng.below(participants.len() as u64 - 1) as usize) % participants.len();
+    let credit_account = rng.below(accounts) as usize;
+    txn = txn
+        .with_branch(
+            participants[from].clone(),
+            bookkeeping(account_key(debit_account), -amount, Some(0)),
+        )
+        .with_branch(
+            participants[to].clone(),
+            bookkeeping(account_key(credit_account), amount, None),
+        );
+    (txn, vec![from, to])
+}
+
+/// One submit call, recorded.
+async fn call(
+    client: &Client,
+    txn: &Transaction,
+    index: usize,
+    id: &str,
+    history: &History,
+    faults: &FaultClock,
+    duplicate: bool,
+) -> Told {
+    history.event(id, "invoke", if duplicate { "duplicate" } else { "" });
+    let mark = faults.mark();
+    let started = Instant::now();
+    let result = client.submit(txn).await;
+    let latency = started.elapsed();
+    let (told, kind, detail) = match &result {
+        Ok(submitted) => match submitted.outcome {
+            Outcome::Committed => (Told::Committed, "ok", String::new()),
+            Outcome::Aborted => (
+                Told::Aborted,
+                "fail",
+                submitted.abort.as_ref().map_or(String::new(), |c| c.label().to_string()),
+            ),
+            Outcome::Pending => (Told::Unknown, "unknown", "pending".to_string()),
+        },
+        // A rejected call did nothing itself, but an earlier call with this id may have run
+        // it: unknown, like a timeout. Never "no".
+        Err(error) => (Told::Unknown, "unknown", short(error)),
+    };
+    history.event(id, kind, &detail);
+    history.answer(index, told);
+    let mut tally = lock(&history.tally);
+    tally.calls += 1;
+    if duplicate {
+        tally.duplicate_calls += 1;
+    }
+    match told {
+        Told::Committed => tally.committed_answers += 1,
+        Told::Aborted => tally.aborted_answers += 1,
+        Told::Unknown => tally.unknown_answers += 1,
+    }
+    if told != Told::Unknown {
+        tally.latency.record(latency);
+        if faults.overlapped(mark) {
+            tally.worst_during_faults = tally.worst_during_faults.max(latency);
+        }
+    }
+    told
+}
+
+fn short(error: &ClientError) -> String {
+    let text = error.to_string();
+    text.chars().take(160).collect()
+}
+
+/// Runs one worker until `stop` (or the history's bound).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_worker(
+    spec: Arc<WorkloadSpec>,
+    client: Client,
+    participants: Arc<Vec<String>>,
+    worker: usize,
+    run_id: String,
+    mut rng: Prng,
+    history: Arc<History>,
+    faults: Arc<FaultClock>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut sequence = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        sequence += 1;
+        let id = format!("{run_id}-w{worker}-{sequence}");
+        let (txn, branches) = transfer(&spec, &mut rng, &participants, worker, &id);
+        let txn = txn.with_first_submitted_unix_ms(now_unix_ms());
+        let record = TxnRecord {
+            id: id.clone(),
+            worker,
+            participants: branches,
+            first_submitted_unix_ms: txn.first_submitted_unix_ms(),
+            told: Told::Unknown,
+            contradiction: None,
+        };
+        let Some(index) = history.begin(record, spec.max_transactions) else {
+            tracing::warn!("the history is full; the workload stops");
+            return;
+        };
+        let roll = rng.below(100);
+        let mut told = if roll < spec.concurrent_duplicate_percent {
+            let (a, b) = tokio::join!(
+                call(&client, &txn, index, &id, &history, &faults, false),
+                call(&client, &txn, index, &id, &history, &faults, true),
+            );
+            if a == Told::Unknown { b } else { a }
+        } else {
+            call(&client, &txn, index, &id, &history, &faults, false).await
+        };
+        if roll >= 100 - spec.resubmit_percent {
+            let again = call(&client, &txn, index, &id, &history, &faults, true).await;
+            if told == Told::Unknown {
+                told = again;
+            }
+        }
+        let mut retries = 0;
+        while told == Told::Unknown
+            && retries < spec.unknown_retries
+            && !stop.load(Ordering::Relaxed)
+        {
+            retries += 1;
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(retries))).await;
+            told = call(&client, &txn, index, &id, &history, &faults, true).await;
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
