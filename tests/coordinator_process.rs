@@ -1,6 +1,6 @@
 //! The coordinator as a real process (`concord coordinator`) with three real participants on
 //! 127.0.0.1: two-phase commit end to end, aborts that release every lock, crashes of the
-//! coordinator on either side of its forced decision (via debug-build failpoints) and of a
+//! coordinator on either side of its forced decision (via test-build failpoints) and of a
 //! participant after its YES or before its Commit, duplicate submissions, fencing, and bad
 //! input.
 

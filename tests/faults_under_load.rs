@@ -10,7 +10,7 @@
 //! - money is conserved and no balance is negative;
 //! - nothing is stuck: no in-doubt branch, nothing still committing.
 //!
-//! This is a small, fixed-seed version of the chaos harness's real-process tier (issue 5).
+//! A small, fixed-seed check without proxies; `tests/chaos.rs` runs the full harness.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
