@@ -249,6 +249,12 @@ async fn run_on(
             Arc::clone(&stop_workers),
         ));
     }
+    let resolver = tokio::spawn(workload::run_resolver(
+        client.clone(),
+        Arc::clone(&history),
+        Arc::clone(&stop_workers),
+    ));
+
     // An id nobody submitted, asked about with fencing while the workload runs: it must come
     // back aborted for good (and the fencing path runs under the faults too).
     let fence_probe =
@@ -277,6 +283,7 @@ async fn run_on(
     let drained =
         tokio::time::timeout(DRAIN_TIMEOUT, async { while workers.join_next().await.is_some() {} })
             .await;
+    let _ = resolver.await;
     let mut harness_errors = nemesis.errors.clone();
     if drained.is_err() {
         workers.abort_all();
@@ -304,16 +311,18 @@ async fn run_on(
     let unexpected = if config.exits_expected { &[][..] } else { &nemesis.unexpected_exits[..] };
     let mut findings = run_checks(&checker, &readers, &spec, txns.clone(), unexpected).await;
     findings.checks.insert(1, fence_probe.await.context("the fence probe task failed")?);
-    let (duplicate_submits, unknown_answers, p50, p99, max, worst) = history.with_tally(|t| {
-        (
-            t.duplicate_calls,
-            t.unknown_answers,
-            t.latency.quantile(0.5),
-            t.latency.quantile(0.99),
-            t.latency.max(),
-            t.worst_during_faults,
-        )
-    });
+    let (resolved_during_run, duplicate_submits, unknown_answers, p50, p99, max, worst) = history
+        .with_tally(|t| {
+            (
+                t.resolved_during_run,
+                t.duplicate_calls,
+                t.unknown_answers,
+                t.latency.quantile(0.5),
+                t.latency.quantile(0.99),
+                t.latency.max(),
+                t.worst_during_faults,
+            )
+        });
     let passed = findings.checks.iter().all(|c| c.ok) && harness_errors.is_empty();
     Ok(Report {
         passed,
@@ -325,8 +334,8 @@ async fn run_on(
         aborted: findings.aborted,
         duplicate_submits,
         unknown_answers,
-        unknown_resolved_committed: findings.unknown_resolved.0,
-        unknown_resolved_aborted: findings.unknown_resolved.1,
+        unknown_resolved_committed: findings.unknown_resolved.0 + resolved_during_run.0,
+        unknown_resolved_aborted: findings.unknown_resolved.1 + resolved_during_run.1,
         faults_injected: nemesis.faults.values().sum(),
         faults: nemesis.faults.clone(),
         p50_ms: ms(p50),

@@ -124,6 +124,8 @@ pub struct Tally {
     pub latency: Histogram,
     /// The slowest definite answer while a fault was active.
     pub worst_during_faults: Duration,
+    /// Unknowns the background resolver settled during the run: committed, aborted.
+    pub resolved_during_run: (u64, u64),
 }
 
 /// The history: the per-transaction summary in memory, every event in a file.
@@ -132,6 +134,9 @@ pub struct History {
     txns: Mutex<Vec<TxnRecord>>,
     tally: Mutex<Tally>,
     events: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// Transactions a worker gave up on with an unknown outcome, oldest first, for
+    /// [`run_resolver`]. Bounded by the history's bound.
+    unknown: Mutex<std::collections::VecDeque<(usize, Instant)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,6 +152,7 @@ impl History {
             txns: Mutex::new(Vec::new()),
             tally: Mutex::new(Tally::default()),
             events: Mutex::new(Some(std::io::BufWriter::new(file))),
+            unknown: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -393,6 +399,54 @@ pub async fn run_worker(
             retries += 1;
             tokio::time::sleep(Duration::from_millis(100 * u64::from(retries))).await;
             told = call(&client, &txn, index, &id, &history, &faults, true).await;
+        }
+        if told == Told::Unknown {
+            lock(&history.unknown).push_back((index, Instant::now()));
+        }
+    }
+}
+
+/// Settles unknown outcomes while the run goes on, as a real client would: every second, the
+/// ids given up on more than two seconds ago are asked about with fencing (through the faulty
+/// link, like any call). Asking early matters: the coordinator keeps a bounded number of
+/// outcomes, and a long run outlives them.
+pub async fn run_resolver(client: Client, history: Arc<History>, stop: Arc<AtomicBool>) {
+    const PER_TICK: usize = 500;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..PER_TICK {
+            let due = {
+                let mut unknown = lock(&history.unknown);
+                match unknown.front() {
+                    Some((_, since)) if since.elapsed() >= Duration::from_secs(2) => {
+                        unknown.pop_front()
+                    }
+                    _ => None,
+                }
+            };
+            let Some((index, since)) = due else { break };
+            let record = lock(&history.txns)[index].clone();
+            let told = match client.fence(&record.id, record.first_submitted_unix_ms).await {
+                Ok(info) if info.outcome == Outcome::Committed => Told::Committed,
+                Ok(info) if info.outcome == Outcome::Aborted => Told::Aborted,
+                _ => {
+                    // Not now (a fault, or still deciding): back in line, try next tick.
+                    lock(&history.unknown).push_front((index, since));
+                    break;
+                }
+            };
+            history.event(
+                &record.id,
+                if told == Told::Committed { "ok" } else { "fail" },
+                "resolved",
+            );
+            history.answer(index, told);
+            let mut tally = lock(&history.tally);
+            if told == Told::Committed {
+                tally.resolved_during_run.0 += 1;
+            } else {
+                tally.resolved_during_run.1 += 1;
+            }
         }
     }
 }
