@@ -185,7 +185,16 @@ async fn outcomes_catch_a_coordinator_committing_before_its_decision_is_logged()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atomicity_catches_a_participant_voting_before_its_record_is_durable() {
-    let env = bug("vote-before-durable", Target::Participants);
+    let mut env = bug("vote-before-durable", Target::Participants);
+    // Slow syncs keep recent PREPARED records in the log's memory buffer, where a SIGKILL
+    // loses them (written-but-unsynced bytes would survive a kill in the page cache): the
+    // window the bug opens is then wide enough for every kill to land in it.
+    env.push(EnvVar {
+        target: Target::Participants,
+        key: "CONCORD_FAILPOINTS".into(),
+        value: "wal.before_sync=delay(100)*".into(),
+        every_start: true,
+    });
     let faults = vec![FaultKind::Kill];
     let report = chaos(Setup { env, faults, seconds: 20, ..Setup::default() }).await;
     assert!(failed(&report, "atomicity"), "{}", report.table());
