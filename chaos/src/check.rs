@@ -3,10 +3,11 @@
 //! promises.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use concord_client::{Client, ParticipantReader, Transaction, TxnState};
 use concord_core::types::{Operation, Outcome, counter};
+use tokio::time::Instant;
 
 use crate::workload::{Told, TxnRecord, WorkloadSpec, account_key, applied_key};
 
@@ -361,6 +362,9 @@ pub async fn run_checks(
 }
 
 /// Commits a no-op on every account and counter of `participant`; a held lock makes it vote NO.
+/// An attempt that gets no answer, or aborts for another reason (a connection the faults left
+/// dead until keepalive notices it), is retried under a new id for up to a minute; a lock
+/// that stays held fails every attempt.
 async fn probe_locks(
     coordinator: &Client,
     participant: &str,
@@ -372,15 +376,24 @@ async fn probe_locks(
         .chain((0..spec.workers).map(applied_key))
         .map(add)
         .collect();
-    let id = format!("lock-probe-{participant}-{}", crate::workload::now_unix_ms());
-    let txn = Transaction::new().with_txn_id(&id).with_branch(participant, operations);
-    match coordinator.submit(&txn).await {
-        Ok(submitted) if submitted.outcome == Outcome::Committed => Ok(()),
-        Ok(submitted) => Err(format!(
-            "a lock probe at {participant} did not commit: {:?} {}",
-            submitted.outcome,
-            submitted.abort.as_ref().map_or(String::new(), |c| format!("{c:?}"))
-        )),
-        Err(error) => Err(format!("a lock probe at {participant} failed: {error}")),
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let id = format!("lock-probe-{participant}-{}-{attempt}", (spec.clock)());
+        let txn = Transaction::new().with_txn_id(&id).with_branch(participant, operations.clone());
+        let problem = match coordinator.submit(&txn).await {
+            Ok(submitted) if submitted.outcome == Outcome::Committed => return Ok(()),
+            Ok(submitted) => format!(
+                "a lock probe at {participant} did not commit: {:?} {}",
+                submitted.outcome,
+                submitted.abort.as_ref().map_or(String::new(), |c| format!("{c:?}"))
+            ),
+            Err(error) => format!("a lock probe at {participant} failed: {error}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("{problem} (attempt {attempt}, for a minute)"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

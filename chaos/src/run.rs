@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use concord_client::{Client, ClientOptions, ParticipantReader, Transaction};
 use concord_core::types::{Operation, Outcome};
+use tokio::time::Instant;
 
 use crate::check::{Check, run_checks};
 use crate::cluster::{Cluster, ClusterSpec, EnvVar};
@@ -224,7 +225,7 @@ async fn run_on(
         Arc::clone(cluster),
         config.faults.clone(),
         config.seed,
-        started,
+        started.into_std(),
         Arc::clone(&faults),
         Arc::clone(&stop_nemesis),
     ));
@@ -371,8 +372,8 @@ async fn fence_probe(client: Client, id: String) -> Check {
 }
 
 /// Credits every account on every participant with the initial balance: one one-phase
-/// transaction per participant, retried under the same id until committed.
-async fn load_accounts(
+/// transaction per participant, retried under the same id until committed (for at most a minute).
+pub async fn load_accounts(
     client: &Client,
     names: &[String],
     spec: &WorkloadSpec,

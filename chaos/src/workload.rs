@@ -14,10 +14,11 @@
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use concord_client::{Client, ClientError, Transaction};
 use concord_core::types::{Operation, Outcome};
+use tokio::time::Instant;
 
 use crate::histogram::Histogram;
 use crate::rng::Prng;
@@ -60,6 +61,9 @@ pub struct WorkloadSpec {
     pub unknown_retries: u32,
     /// Transactions in the whole run, at most: the history's bound. Workers stop there.
     pub max_transactions: usize,
+    /// The wall clock that stamps first submissions (the system's; simulated time under
+    /// simulation, so it agrees with the coordinator's).
+    pub clock: fn() -> u64,
 }
 
 impl Default for WorkloadSpec {
@@ -75,6 +79,7 @@ impl Default for WorkloadSpec {
             txn_timeout_ms: 2_000,
             unknown_retries: 2,
             max_transactions: 2_000_000,
+            clock: now_unix_ms,
         }
     }
 }
@@ -147,13 +152,21 @@ impl History {
     /// A history whose events go to `path`.
     pub fn create(path: &std::path::Path) -> anyhow::Result<History> {
         let file = std::fs::File::create(path)?;
-        Ok(History {
+        let history = History::in_memory();
+        *lock(&history.events) = Some(std::io::BufWriter::new(file));
+        Ok(history)
+    }
+
+    /// A history that keeps only the per-transaction summary (no event file).
+    #[must_use]
+    pub fn in_memory() -> History {
+        History {
             started: Instant::now(),
             txns: Mutex::new(Vec::new()),
             tally: Mutex::new(Tally::default()),
-            events: Mutex::new(Some(std::io::BufWriter::new(file))),
+            events: Mutex::new(None),
             unknown: Mutex::new(std::collections::VecDeque::new()),
-        })
+        }
     }
 
     fn event(&self, txn: &str, kind: &str, detail: &str) {
@@ -362,7 +375,7 @@ pub async fn run_worker(
         sequence += 1;
         let id = format!("{run_id}-w{worker}-{sequence}");
         let (txn, branches) = transfer(&spec, &mut rng, &participants, worker, &id);
-        let txn = txn.with_first_submitted_unix_ms(now_unix_ms());
+        let txn = txn.with_first_submitted_unix_ms((spec.clock)());
         let record = TxnRecord {
             id: id.clone(),
             worker,

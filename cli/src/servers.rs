@@ -69,6 +69,7 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
             limits: EngineLimits { max_prepared: args.max_prepared, ..EngineLimits::default() },
             checkpoint_every_records: args.checkpoint_every.max(1),
             max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+            ..NodeConfig::default()
         },
         wal,
         store,

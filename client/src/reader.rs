@@ -50,10 +50,16 @@ impl ParticipantReader {
         let channel = concord_proto::net::channel(address, call_timeout).map_err(|error| {
             ClientError::InvalidAddress { address: address.to_string(), message: error.to_string() }
         })?;
+        Ok(ParticipantReader::from_channel(channel, call_timeout))
+    }
+
+    /// A reader over an existing channel (tests, custom transports such as the simulation's).
+    #[must_use]
+    pub fn from_channel(channel: Channel, call_timeout: Duration) -> ParticipantReader {
         let inner = ParticipantClient::new(channel)
             .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
-        Ok(ParticipantReader { inner, call_timeout })
+        ParticipantReader { inner, call_timeout }
     }
 
     /// The committed entry for `key`, or `None` if it does not exist.

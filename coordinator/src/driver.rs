@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use concord_core::coordinator::{
     AbortCause, BranchStatus, CoordinatorRecord, Input, Output, Phase, PrepareResult, TxnMachine,
@@ -48,6 +48,10 @@ pub struct CoordinatorConfig {
     pub max_backoff: Duration,
     /// Take a checkpoint after this many log records.
     pub checkpoint_every_records: u64,
+    /// How channels to participants are opened (TCP; simulated under simulation).
+    pub dialer: concord_proto::net::Dialer,
+    /// The wall clock (the system's; simulated time under simulation).
+    pub clock: concord_proto::clock::Clock,
 }
 
 impl Default for CoordinatorConfig {
@@ -61,6 +65,8 @@ impl Default for CoordinatorConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             checkpoint_every_records: 200_000,
+            dialer: concord_proto::net::Dialer::default(),
+            clock: concord_proto::clock::system,
         }
     }
 }
@@ -199,10 +205,9 @@ impl<W: Wal> Coordinator<W> {
     pub async fn recover(config: CoordinatorConfig, wal: W) -> Result<Arc<Self>, CoordinatorError> {
         let mut clients = BTreeMap::new();
         for (name, address) in &config.participants {
-            let channel =
-                concord_proto::net::channel(address, config.call_timeout).map_err(|e| {
-                    CoordinatorError::Fatal(format!("participant {name} at {address}: {e}"))
-                })?;
+            let channel = config.dialer.dial(address, config.call_timeout).map_err(|e| {
+                CoordinatorError::Fatal(format!("participant {name} at {address}: {e}"))
+            })?;
             clients.insert(
                 name.clone(),
                 ParticipantClient::new(channel)
@@ -347,7 +352,7 @@ impl<W: Wal> Coordinator<W> {
             if !known {
                 let (machine, _) = TxnMachine::start(new.participants.len());
                 let mut entry = Entry::new(new.participants.clone(), machine, self.epoch);
-                entry.created_unix_ms = now_unix_ms();
+                entry.created_unix_ms = self.now_ms();
                 entry.deadline_unix_ms = entry.created_unix_ms
                     + u64::try_from(new.timeout.as_millis()).unwrap_or(u64::MAX);
                 table.entries.insert(new.txn.clone(), entry);
@@ -407,6 +412,16 @@ impl<W: Wal> Coordinator<W> {
         txn: &TxnId,
         submitted_unix_ms: u64,
     ) -> Result<Entry, CoordinatorError> {
+        self.fence_unknown(txn, Some(submitted_unix_ms)).await
+    }
+
+    /// Fences `txn` if it is unknown; `submitted_unix_ms` (when given) is checked against the
+    /// forgotten horizon as [`Coordinator::fence`] describes. Returns the durable entry.
+    async fn fence_unknown(
+        &self,
+        txn: &TxnId,
+        submitted_unix_ms: Option<u64>,
+    ) -> Result<Entry, CoordinatorError> {
         self.refuse_if_failed()?;
         let lsn = {
             let mut table = self.table();
@@ -414,7 +429,8 @@ impl<W: Wal> Coordinator<W> {
                 None
             } else {
                 let horizon = table.forgotten_before_unix_ms;
-                if horizon > 0
+                if let Some(submitted_unix_ms) = submitted_unix_ms
+                    && horizon > 0
                     && (submitted_unix_ms == 0
                         || submitted_unix_ms <= horizon.saturating_add(CLOCK_SKEW_MARGIN_MS))
                 {
@@ -429,7 +445,7 @@ impl<W: Wal> Coordinator<W> {
                 let lsn = self.append(&CoordinatorRecord::Fenced { txn: txn.clone() })?;
                 let machine = TxnMachine::finished(1, Phase::Aborted(AbortCause::Fenced));
                 let mut entry = Entry::new(Vec::new(), machine, self.epoch);
-                entry.finished_unix_ms = now_unix_ms();
+                entry.finished_unix_ms = self.now_ms();
                 table.entries.insert(txn.clone(), entry);
                 Some(lsn)
             }
@@ -459,9 +475,16 @@ impl<W: Wal> Coordinator<W> {
         matching.into_iter().take(limit).map(|(t, e)| (t.clone(), e.clone())).collect()
     }
 
-    /// The answer for an in-doubt participant: presumed abort for anything unknown.
-    pub fn resolve(&self, txn: &TxnId) -> Outcome {
-        self.table().entries.get(txn).map_or(Outcome::Aborted, Entry::outcome)
+    /// The answer for an in-doubt participant: presumed abort for anything unknown, made
+    /// durable first by fencing the id. Without the fence, a Submit of the same id arriving
+    /// later (a client retrying after the coordinator lost the id's lazy STARTED record in a
+    /// crash) would run it again and could commit what a participant was told had aborted.
+    ///
+    /// The forgotten horizon is not consulted: a participant only asks about a branch it still
+    /// holds prepared, and a committed transaction is forgotten only after every participant
+    /// acknowledged its Commit, so an id asked about is never a forgotten commit.
+    pub async fn resolve(&self, txn: &TxnId) -> Result<Outcome, CoordinatorError> {
+        Ok(self.fence_unknown(txn, None).await?.outcome())
     }
 
     /// Takes a checkpoint if enough records were appended since the last one.
@@ -478,7 +501,7 @@ impl<W: Wal> Coordinator<W> {
             for (txn, entry) in &table.entries {
                 entries.extend(checkpoint_records(txn, entry));
             }
-            let id = now_unix_ms();
+            let id = self.now_ms();
             let mut lsns = vec![self.append(&CoordinatorRecord::CheckpointBegin {
                 id,
                 epoch: self.epoch,
@@ -573,7 +596,7 @@ impl<W: Wal> Coordinator<W> {
                                 txn: txn.clone(),
                                 participants: new.participants.clone(),
                                 pending: branches,
-                                decided_unix_ms: now_unix_ms(),
+                                decided_unix_ms: self.now_ms(),
                             };
                             // Planted bug (test builds only): decide without logging it.
                             let log = !concord_failpoints::planted("commit-before-decision");
@@ -586,7 +609,7 @@ impl<W: Wal> Coordinator<W> {
                                 let mut table = self.table();
                                 table.undelivered += 1;
                                 if let Some(entry) = table.entries.get_mut(&txn) {
-                                    entry.decided_unix_ms = now_unix_ms();
+                                    entry.decided_unix_ms = self.now_ms();
                                 }
                             }
                             pending.extend(self.handle(&txn, Input::CommitDurable));
@@ -595,7 +618,7 @@ impl<W: Wal> Coordinator<W> {
                             let mut table = self.table();
                             let Some(entry) = table.entries.get_mut(&txn) else { continue };
                             if entry.decided_unix_ms == 0 {
-                                entry.decided_unix_ms = now_unix_ms();
+                                entry.decided_unix_ms = self.now_ms();
                             }
                             // A commit still being delivered replies once delivered (below).
                             let delivering = *entry.machine.phase() == Phase::Committing;
@@ -833,6 +856,11 @@ impl<W: Wal> Coordinator<W> {
         self.clients.get(&name).cloned()
     }
 
+    /// Wall-clock milliseconds, from the configured clock.
+    fn now_ms(&self) -> u64 {
+        (self.config.clock)()
+    }
+
     fn insert_recovered(&self, txn: &TxnId, replayed: &Replayed, machine: TxnMachine) {
         let mut entry = Entry::new(replayed.participants.clone(), machine, Epoch(0));
         entry.created_unix_ms = replayed.created;
@@ -845,7 +873,7 @@ impl<W: Wal> Coordinator<W> {
         let mut table = self.table();
         if let Some(entry) = table.entries.get_mut(txn) {
             if entry.finished_unix_ms == 0 {
-                entry.finished_unix_ms = now_unix_ms();
+                entry.finished_unix_ms = self.now_ms();
             }
             debug_assert!(entry.finished());
         }
@@ -854,19 +882,19 @@ impl<W: Wal> Coordinator<W> {
             let Some(old) = table.finished.pop_front() else { break };
             if let Some(evicted) = table.entries.remove(&old) {
                 let created = match evicted.created_unix_ms {
-                    0 => evicted.finished_unix_ms.max(now_unix_ms()),
+                    0 => evicted.finished_unix_ms.max(self.now_ms()),
                     created => created,
                 };
                 table.forgotten_before_unix_ms = table.forgotten_before_unix_ms.max(created);
-                let age_ms = now_unix_ms().saturating_sub(table.forgotten_before_unix_ms);
+                let age_ms = self.now_ms().saturating_sub(table.forgotten_before_unix_ms);
                 // At most one warning every ten seconds.
                 static LAST_WARNED_UNIX_MS: std::sync::atomic::AtomicU64 =
                     std::sync::atomic::AtomicU64::new(0);
                 let last = LAST_WARNED_UNIX_MS.load(Ordering::Relaxed);
                 if age_ms < 10 * CLOCK_SKEW_MARGIN_MS
-                    && now_unix_ms() > last + 10_000
+                    && self.now_ms() > last + 10_000
                     && LAST_WARNED_UNIX_MS
-                        .compare_exchange(last, now_unix_ms(), Ordering::Relaxed, Ordering::Relaxed)
+                        .compare_exchange(last, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok()
                 {
                     tracing::warn!(
@@ -1105,14 +1133,6 @@ impl Replay {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
-#[must_use]
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1204,5 +1224,47 @@ mod tests {
             ReplayedState::Committing { pending } => assert_eq!(pending, &vec![1]),
             _ => unreachable!(),
         }
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::*;
+    use concord_wal::MemoryWal;
+
+    /// Found by the simulation (seed 25 after seed 24): a coordinator crashed before its lazy
+    /// STARTED record was synced, a participant that had voted YES asked about the id and was
+    /// told "aborted", then the client's retry of the same id ran it again and committed it.
+    /// An in-doubt question about an unknown id must fence it.
+    #[tokio::test]
+    async fn answering_aborted_for_an_unknown_id_fences_it() {
+        let config = CoordinatorConfig {
+            participants: [("a".to_string(), "127.0.0.1:1".to_string())].into(),
+            ..CoordinatorConfig::default()
+        };
+        let wal = MemoryWal::new(1 << 20);
+        let coordinator = Coordinator::recover(config.clone(), wal.clone()).await.unwrap();
+        let id = TxnId::parse("lost-started", "txn_id").unwrap();
+        assert_eq!(coordinator.resolve(&id).await.unwrap(), Outcome::Aborted);
+
+        // The client's retry of that id is told it aborted; it does not run again.
+        let retry = NewTxn {
+            txn: id.clone(),
+            participants: vec!["a".into()],
+            operations: vec![Vec::new()],
+            timeout: Duration::from_millis(100),
+            first_submitted_unix_ms: 0,
+        };
+        let entry = coordinator.submit(retry.clone()).await.unwrap();
+        assert_eq!(entry.outcome(), Outcome::Aborted);
+        assert_eq!(entry.machine.phase(), &Phase::Aborted(AbortCause::Fenced));
+
+        // The fence is durable: it survives a crash of the coordinator.
+        coordinator.stop();
+        drop(coordinator);
+        wal.crash();
+        let recovered = Coordinator::recover(config, wal).await.unwrap();
+        let entry = recovered.submit(retry).await.unwrap();
+        assert_eq!(entry.machine.phase(), &Phase::Aborted(AbortCause::Fenced));
     }
 }

@@ -20,7 +20,6 @@ use std::time::Duration;
 use concord_core::limits;
 use concord_proto::v1::coordinator_server::CoordinatorServer;
 use concord_wal::Wal;
-use tokio::net::TcpStream;
 use tokio_stream::Stream;
 
 pub use driver::{Coordinator, CoordinatorConfig, CoordinatorError};
@@ -39,8 +38,8 @@ pub enum ServeError {
 
 /// Serves the coordinator API with health and reflection until `shutdown` resolves or the log
 /// fails, taking checkpoints alongside. Never binds a socket.
-pub async fn serve<W: Wal>(
-    incoming: impl Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
+pub async fn serve<W: Wal, IO: concord_proto::net::Connection>(
+    incoming: impl Stream<Item = std::io::Result<IO>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
     coordinator: Arc<Coordinator<W>>,
 ) -> Result<(), ServeError> {

@@ -310,7 +310,7 @@ impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
     ) -> Result<Response<v1::ResolveTransactionResponse>, Status> {
         let request = request.into_inner();
         let txn = TxnId::parse(&request.txn_id, "txn_id").map_err(|e| convert::invalid(&e))?;
-        let outcome = self.coordinator.resolve(&txn);
+        let outcome = self.coordinator.resolve(&txn).await.map_err(status)?;
         if outcome != Outcome::Pending {
             tracing::info!(txn_id = %txn, participant = %request.participant, ?outcome, "resolved an in-doubt branch");
         }

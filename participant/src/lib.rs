@@ -21,7 +21,6 @@ use std::time::Duration;
 use concord_core::limits;
 use concord_proto::v1::participant_server::ParticipantServer;
 use concord_wal::Wal;
-use tokio::net::TcpStream;
 use tokio_stream::Stream;
 
 pub use node::{Node, NodeConfig, NodeError};
@@ -46,8 +45,8 @@ const CHECKPOINT_TICK: Duration = Duration::from_millis(500);
 /// Serves the participant API (with gRPC health and reflection) on `incoming` until `shutdown`
 /// resolves or storage fails, running the in-doubt resolver and checkpoints alongside. Never
 /// binds a socket: the caller passes the listener's connections (see `concord_proto::net`).
-pub async fn serve<W: Wal, S: Store>(
-    incoming: impl Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
+pub async fn serve<W: Wal, S: Store, IO: concord_proto::net::Connection>(
+    incoming: impl Stream<Item = std::io::Result<IO>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
     node: Arc<Node<W, S>>,
     resolver: ResolverConfig,

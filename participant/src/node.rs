@@ -17,7 +17,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use concord_core::participant::{
     AbortStep, CommitStep, EngineError, EngineLimits, InDoubt, ParticipantEngine, PrepareInput,
@@ -88,6 +87,8 @@ pub struct NodeConfig {
     pub checkpoint_every_records: u64,
     /// The log's record-size limit, which checkpoint records respect.
     pub max_record_bytes: usize,
+    /// The wall clock (the system's; simulated time under simulation).
+    pub clock: concord_proto::clock::Clock,
 }
 
 impl Default for NodeConfig {
@@ -97,6 +98,7 @@ impl Default for NodeConfig {
             limits: EngineLimits::default(),
             checkpoint_every_records: 100_000,
             max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+            clock: concord_proto::clock::system,
         }
     }
 }
@@ -169,6 +171,11 @@ impl<W: Wal, S: Store> Node<W, S> {
         Ok(node)
     }
 
+    /// Wall-clock milliseconds, from the configured clock: the time input to the engine.
+    pub fn now_ms(&self) -> u64 {
+        (self.config.clock)()
+    }
+
     /// This participant's name.
     pub fn name(&self) -> &str {
         &self.config.name
@@ -188,7 +195,7 @@ impl<W: Wal, S: Store> Node<W, S> {
         let (step, applied) = {
             let mut engine = self.engine();
             let step = engine
-                .handle_prepare(now_unix_ms(), input, &StoreState(&*self.store), &mut |r| {
+                .handle_prepare(self.now_ms(), input, &StoreState(&*self.store), &mut |r| {
                     self.append(r)
                 })
                 .map_err(|e| self.check_fatal(e.into()))?;
@@ -230,7 +237,7 @@ impl<W: Wal, S: Store> Node<W, S> {
         let (step, applied) = {
             let mut engine = self.engine();
             let step = engine
-                .handle_commit(now_unix_ms(), txn, &mut |r| self.append(r))
+                .handle_commit(self.now_ms(), txn, &mut |r| self.append(r))
                 .map_err(|e| self.check_fatal(e.into()))?;
             let applied = match &step {
                 CommitStep::AfterDurable { lsn, apply: Some(writes) } => {
@@ -262,7 +269,7 @@ impl<W: Wal, S: Store> Node<W, S> {
         self.failpoint("participant.before_abort")?;
         let result = self
             .engine()
-            .handle_abort(now_unix_ms(), txn, deadline_unix_ms, &mut |r| self.append(r));
+            .handle_abort(self.now_ms(), txn, deadline_unix_ms, &mut |r| self.append(r));
         match result {
             Ok(step) => {
                 self.failpoint("participant.after_abort")?;
@@ -315,7 +322,7 @@ impl<W: Wal, S: Store> Node<W, S> {
         let _serial = self.checkpointing.lock().await;
         let (begin, end) = {
             let mut engine = self.engine();
-            let records = engine.checkpoint(now_unix_ms(), self.config.max_record_bytes);
+            let records = engine.checkpoint(self.now_ms(), self.config.max_record_bytes);
             let mut lsns = Vec::with_capacity(records.len());
             for record in &records {
                 lsns.push(self.append(record).map_err(|e| self.check_fatal(e))?);
@@ -492,11 +499,4 @@ fn planted_writes(writes: &[Write]) -> &[Write] {
         return &writes[..writes.len() - 1];
     }
     writes
-}
-
-/// Wall-clock milliseconds since the Unix epoch: the time input to the engine.
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

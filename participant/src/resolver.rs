@@ -17,7 +17,7 @@ use concord_proto::{convert, net, v1};
 use concord_wal::Wal;
 use tokio::time::Instant;
 
-use crate::node::{Node, NodeError, now_unix_ms};
+use crate::node::{Node, NodeError};
 use crate::store::Store;
 
 /// How the resolver runs.
@@ -36,6 +36,8 @@ pub struct ResolverConfig {
     pub call_timeout: Duration,
     /// Questions sent per tick, at most.
     pub max_questions_per_tick: usize,
+    /// How the channel to the coordinator is opened (TCP; simulated under simulation).
+    pub dialer: net::Dialer,
 }
 
 impl Default for ResolverConfig {
@@ -47,6 +49,7 @@ impl Default for ResolverConfig {
             tick: Duration::from_millis(100),
             call_timeout: Duration::from_secs(2),
             max_questions_per_tick: 256,
+            dialer: net::Dialer::default(),
         }
     }
 }
@@ -67,7 +70,7 @@ pub async fn run_resolver<W: Wal, S: Store>(
         tracing::warn!("no coordinator address: in-doubt branches will wait for redelivery");
         return;
     };
-    let channel = match net::channel(&address, config.call_timeout) {
+    let channel = match config.dialer.dial(&address, config.call_timeout) {
         Ok(channel) => channel,
         Err(error) => {
             tracing::error!(%address, %error, "bad coordinator address; in-doubt branches cannot be resolved");
@@ -87,7 +90,7 @@ pub async fn run_resolver<W: Wal, S: Store>(
             _ = shutdown.changed() => return,
         }
         let now = Instant::now();
-        let now_ms = now_unix_ms();
+        let now_ms = node.now_ms();
         let in_doubt = node.in_doubt(None, usize::MAX);
         let live: BTreeSet<&TxnId> = in_doubt.iter().map(|b| &b.txn).collect();
         retries.retain(|txn, _| live.contains(txn));

@@ -41,6 +41,7 @@ fn config() -> NodeConfig {
         limits: EngineLimits::default(),
         checkpoint_every_records: 10,
         max_record_bytes: 4096,
+        ..NodeConfig::default()
     }
 }
 

@@ -1,8 +1,10 @@
 //! Concord's wire protocol: the generated `concord.v1` messages, the `Coordinator` and
 //! `Participant` service stubs, the encoded file descriptor set for gRPC reflection, the one
 //! place where wire types convert to and from the core's domain types ([`convert`]), and the
-//! transport settings every Concord server and channel shares ([`net`]).
+//! transport settings every Concord server and channel shares ([`net`]), and the replaceable wall
+//! clock the servers read ([`clock`]).
 
+pub mod clock;
 pub mod convert;
 pub mod net;
 

@@ -49,12 +49,12 @@ pub fn server() -> tonic::transport::Server {
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
 }
 
-/// A lazily connecting channel to `address` (host:port or URL) with Concord's transport
-/// settings and a timeout on every call.
-pub fn channel(
+/// An endpoint for `address` (host:port or URL) with Concord's transport settings and a timeout
+/// on every call.
+pub fn endpoint(
     address: &str,
     call_timeout: Duration,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let uri =
         if address.contains("://") { address.to_string() } else { format!("http://{address}") };
     Ok(tonic::transport::Endpoint::from_shared(uri)?
@@ -63,8 +63,78 @@ pub fn channel(
         .timeout(call_timeout)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+        .keep_alive_while_idle(true))
+}
+
+/// A lazily connecting TCP channel to `address` (see [`endpoint`]).
+pub fn channel(
+    address: &str,
+    call_timeout: Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(endpoint(address, call_timeout)?.connect_lazy())
+}
+
+type DialFn = dyn Fn(&str, Duration) -> Result<tonic::transport::Channel, tonic::transport::Error>
+    + Send
+    + Sync;
+
+/// How a server opens channels to its peers: TCP by default ([`channel`]); the simulation
+/// supplies one that connects over its simulated network.
+#[derive(Clone)]
+pub struct Dialer(std::sync::Arc<DialFn>);
+
+impl Dialer {
+    /// Dials with `dial(address, call_timeout)`.
+    pub fn new(
+        dial: impl Fn(&str, Duration) -> Result<tonic::transport::Channel, tonic::transport::Error>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Dialer {
+        Dialer(std::sync::Arc::new(dial))
+    }
+
+    /// A lazily connecting channel to `address` whose calls time out after `call_timeout`.
+    pub fn dial(
+        &self,
+        address: &str,
+        call_timeout: Duration,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        (self.0)(address, call_timeout)
+    }
+}
+
+impl Default for Dialer {
+    fn default() -> Dialer {
+        Dialer::new(channel)
+    }
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dialer")
+    }
+}
+
+/// A connection a server can serve: a TCP stream, or a simulated one.
+pub trait Connection:
+    tokio::io::AsyncRead
+    + tokio::io::AsyncWrite
+    + tonic::transport::server::Connected<ConnectInfo: Clone + Send + Sync + 'static>
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<T> Connection for T where
+    T: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected<ConnectInfo: Clone + Send + Sync + 'static>
+        + Unpin
+        + Send
+        + 'static
+{
 }
 
 /// Why a server could not run.
@@ -80,10 +150,11 @@ pub enum ServeError {
 
 /// Serves `service` with gRPC health (its own name and `""` report SERVING until it stops) and
 /// reflection on `incoming`, until `shutdown` resolves or `fatal` holds a reason (a storage
-/// failure). Returns that reason if it is why serving stopped. Never binds a socket.
-pub async fn serve<S>(
+/// failure). Returns that reason if it is why serving stopped. Never binds a socket: the
+/// connections are TCP streams from [`incoming`] in production, simulated ones under simulation.
+pub async fn serve<S, IO>(
     service: S,
-    incoming: impl Stream<Item = std::io::Result<TcpStream>> + Send + 'static,
+    incoming: impl Stream<Item = std::io::Result<IO>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
     mut fatal: tokio::sync::watch::Receiver<Option<String>>,
 ) -> Result<Option<String>, ServeError>
@@ -97,6 +168,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    IO: Connection,
 {
     use tonic_health::ServingStatus;
     let (mut health_reporter, health_service) = tonic_health::server::health_reporter();
