@@ -53,6 +53,21 @@ impl Histogram {
         self.max_us = self.max_us.max(micros);
     }
 
+    /// Adds every latency `other` counted.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *mine += theirs;
+        }
+        self.total += other.total;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
+    /// Latencies counted.
+    #[must_use]
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
     /// The latency at `quantile` (0 to 1), within a bucket; `None` when empty.
     pub fn quantile(&self, quantile: f64) -> Option<Duration> {
         if self.total == 0 {

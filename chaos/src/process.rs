@@ -76,6 +76,11 @@ impl Server {
         &self.log
     }
 
+    /// Its pid (None once reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends `kill -SIGNAL` to its pid (`STOP`, `CONT`, `TERM`, ...). Fails if it has exited.
     pub async fn signal(&mut self, signal: &str) -> anyhow::Result<()> {
         if let Ok(Some(status)) = self.child.try_wait() {

@@ -11,9 +11,7 @@
 //! check and stops the servers. `kill_on_drop` is the backstop if the demo errors or panics.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use concord_chaos::histogram::Histogram;
-use concord_chaos::process::{Server, ServerSpec};
 use concord_chaos::rng::{Prng, clock_seed};
 use concord_client::info::outcome_str;
 use concord_client::{
@@ -34,6 +31,8 @@ use concord_core::limits;
 use concord_core::types::{Operation, Outcome, counter};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use crate::local::LocalCluster;
 
 /// The participants' names, in start order.
 const PARTICIPANTS: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -48,8 +47,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const TXN_TIMEOUT_MS: u32 = 5_000;
 /// The deadline of reads from participants and of `get`/`list` calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts at starting the cluster when the coordinator's reserved port was taken meanwhile.
-const START_ATTEMPTS: u32 = 3;
 /// Unknown outcomes remembered for resolution; reaching it stops the workload (the cluster is
 /// clearly unhealthy) rather than growing without bound.
 const MAX_UNKNOWN: usize = 100_000;
@@ -57,8 +54,6 @@ const MAX_UNKNOWN: usize = 100_000;
 const RESOLVE_CONCURRENCY: usize = 16;
 /// Problems listed individually in the summary; the rest are counted.
 const MAX_LISTED_PROBLEMS: usize = 10;
-/// Written into the data directory so the demo only ever wipes a directory it created.
-const MARKER_FILE: &str = ".concord-demo";
 /// Account keys are `acct-0000`, `acct-0001`, ...; every one sorts within `[acct-, acct.)`.
 const KEY_PREFIX: &str = "acct-";
 /// The exclusive end of the account key range (`.` follows `-` in ASCII).
@@ -101,7 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let interrupts = Interrupts::install();
     prepare_data_dir(&args.data_dir, args.keep_data)?;
     let exe = std::env::current_exe().context("finding the concord binary to start servers")?;
-    let mut cluster = Cluster::default();
+    let mut cluster = LocalCluster::default();
     let outcome = run_with_cluster(&args, &exe, &mut cluster, interrupts).await;
     if !cluster.is_empty() {
         eprintln!("stopping the servers...");
@@ -125,7 +120,7 @@ struct Setup {
 async fn run_with_cluster(
     args: &DemoArgs,
     exe: &Path,
-    cluster: &mut Cluster,
+    cluster: &mut LocalCluster,
     mut interrupts: Interrupts,
 ) -> anyhow::Result<ExitCode> {
     let bank = Bank {
@@ -172,12 +167,13 @@ async fn run_with_cluster(
 async fn set_up(
     args: &DemoArgs,
     exe: &Path,
-    cluster: &mut Cluster,
+    cluster: &mut LocalCluster,
     bank: &Bank,
     run_id: &str,
 ) -> anyhow::Result<Setup> {
     eprintln!("concord demo: data and logs in {}", args.data_dir.display());
-    cluster.start(exe, &args.data_dir).await?;
+    let names: Vec<String> = PARTICIPANTS.iter().map(|n| (*n).to_string()).collect();
+    cluster.start(exe, &args.data_dir, &names, &[]).await?;
     for server in cluster.servers() {
         eprintln!("  {:<22} {}", server.label(), server.address());
     }
@@ -214,159 +210,10 @@ async fn set_up(
 
 /// Creates (or wipes, unless `keep`) the data directory, refusing one the demo did not create.
 fn prepare_data_dir(dir: &Path, keep: bool) -> anyhow::Result<()> {
-    let marker = dir.join(MARKER_FILE);
-    if dir.exists() {
-        let empty = std::fs::read_dir(dir)
-            .with_context(|| format!("--data-dir {}: cannot read it", dir.display()))?
-            .next()
-            .is_none();
-        if !empty && !marker.exists() {
-            anyhow::bail!(
-                "--data-dir {}: the directory exists and was not created by `concord demo` (it \
-                 has no {MARKER_FILE} file), so the demo will not wipe it; choose another \
-                 directory or remove it yourself",
-                dir.display()
-            );
-        }
-        if !empty && !keep {
-            std::fs::remove_dir_all(dir).with_context(|| {
-                format!("--data-dir {}: wiping the previous run", dir.display())
-            })?;
-        }
-    }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("--data-dir {}: cannot create it", dir.display()))?;
-    std::fs::write(
-        &marker,
-        "Created by `concord demo`, which wipes this directory at start unless --keep-data.\n",
-    )
-    .with_context(|| format!("--data-dir {}: cannot write {MARKER_FILE}", dir.display()))?;
-    Ok(())
+    crate::local::prepare_data_dir(dir, keep, "demo")
 }
 
 // ───────────────────────────── Child processes ─────────────────────────────
-
-/// The servers the demo started; every one is stopped by [`Cluster::stop`], or killed when
-/// dropped (`kill_on_drop`) if the demo fails before that.
-#[derive(Default)]
-struct Cluster {
-    /// The participants, in [`PARTICIPANTS`] order.
-    participants: Vec<Server>,
-    /// The coordinator, once started.
-    coordinator: Option<Server>,
-}
-
-impl Cluster {
-    fn is_empty(&self) -> bool {
-        self.participants.is_empty() && self.coordinator.is_none()
-    }
-
-    fn servers(&self) -> impl Iterator<Item = &Server> {
-        self.participants.iter().chain(self.coordinator.as_ref())
-    }
-
-    fn coordinator_address(&self) -> anyhow::Result<SocketAddr> {
-        self.coordinator.as_ref().map(Server::address).context("no coordinator running")
-    }
-
-    /// Starts the participants, then the coordinator on a port reserved before the
-    /// participants started (they need it on their command line). If that port was taken in
-    /// the moment between releasing and binding it, starts over with a new one.
-    async fn start(&mut self, exe: &Path, data_dir: &Path) -> anyhow::Result<()> {
-        for attempt in 1..=START_ATTEMPTS {
-            let reservation = std::net::TcpListener::bind("127.0.0.1:0")
-                .context("reserving a port for the coordinator")?;
-            let coordinator_address = reservation.local_addr()?;
-            for name in PARTICIPANTS {
-                let args: Vec<OsString> = vec![
-                    "participant".into(),
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--data-dir".into(),
-                    data_dir.join(name).into(),
-                    "--name".into(),
-                    name.into(),
-                    "--coordinator".into(),
-                    coordinator_address.to_string().into(),
-                ];
-                let server =
-                    start_server(exe, format!("participant {name}"), name, args, data_dir).await?;
-                self.participants.push(server);
-            }
-            let mut args: Vec<OsString> = vec![
-                "coordinator".into(),
-                "--listen".into(),
-                coordinator_address.to_string().into(),
-                "--data-dir".into(),
-                data_dir.join("coordinator").into(),
-            ];
-            for server in &self.participants {
-                args.push("--participant".into());
-                args.push(format!("{}={}", server.name(), server.address()).into());
-            }
-            drop(reservation);
-            match start_server(exe, "coordinator".to_string(), "coordinator", args, data_dir).await
-            {
-                Ok(server) => {
-                    self.coordinator = Some(server);
-                    return Ok(());
-                }
-                Err(error)
-                    if attempt < START_ATTEMPTS
-                        && format!("{error:#}").to_ascii_lowercase().contains("in use") =>
-                {
-                    tracing::warn!(%error, attempt, "the coordinator's port was taken; retrying");
-                    for note in self.stop().await {
-                        tracing::warn!("{note}");
-                    }
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        anyhow::bail!("could not start the coordinator on a free port in {START_ATTEMPTS} attempts")
-    }
-
-    /// Stops every server (the coordinator first, so it stops sending), each by its own pid.
-    /// Returns notes about servers that did not stop cleanly.
-    async fn stop(&mut self) -> Vec<String> {
-        let mut notes = Vec::new();
-        let servers: Vec<Server> =
-            self.coordinator.take().into_iter().chain(self.participants.drain(..)).collect();
-        for server in servers {
-            notes.extend(server.stop().await);
-        }
-        notes
-    }
-
-    /// Servers that have exited on their own, with how they ended.
-    fn exited(&mut self) -> Vec<String> {
-        self.participants
-            .iter_mut()
-            .chain(self.coordinator.as_mut())
-            .filter_map(Server::exited)
-            .collect()
-    }
-}
-
-/// Starts one server with its log at `DATA_DIR/NAME.log`.
-async fn start_server(
-    exe: &Path,
-    label: String,
-    name: &str,
-    args: Vec<OsString>,
-    data_dir: &Path,
-) -> anyhow::Result<Server> {
-    let log = data_dir.join(format!("{name}.log"));
-    let spec = ServerSpec {
-        label,
-        name: name.to_string(),
-        exe: exe.to_path_buf(),
-        args,
-        env: Vec::new(),
-        log,
-    };
-    concord_chaos::process::start(&spec).await
-}
 
 // ───────────────────────────── Interrupts ─────────────────────────────
 
@@ -967,7 +814,7 @@ async fn finish(
     setup: &Setup,
     bank: &Bank,
     workload: WorkloadReport,
-    cluster: &mut Cluster,
+    cluster: &mut LocalCluster,
 ) -> anyhow::Result<ExitCode> {
     let Setup { client, readers, before } = setup;
     let stats = &workload.stats;
@@ -1237,7 +1084,7 @@ mod tests {
         assert!(ours.join("old.log").exists());
         prepare_data_dir(&ours, false).unwrap();
         assert!(!ours.join("old.log").exists());
-        assert!(ours.join(MARKER_FILE).exists());
+        assert!(ours.join(crate::local::marker_name("demo")).exists());
     }
 
     /// Account keys sort inside the scanned range.

@@ -4,8 +4,10 @@
 //! `main` only parses flags, installs tracing and dispatches; servers bind their listener here
 //! and hand it to the libraries' `serve` functions, which never bind sockets themselves.
 
+mod bench;
 mod chaos;
 mod demo;
+mod local;
 mod servers;
 mod txn;
 
@@ -35,6 +37,11 @@ enum Command {
     List(txn::ListArgs),
     /// Run the chaos harness: faults under load against local processes, then every check.
     Chaos(chaos::ChaosArgs),
+    /// Measure committed transactions/s and latency next to a unary gRPC echo ceiling.
+    Bench(bench::BenchArgs),
+    /// Serve a unary gRPC echo (started by `concord bench`).
+    #[command(hide = true)]
+    EchoServer(servers::EchoServerArgs),
 }
 
 /// The exit status for a usage error (sysexits' EX_USAGE), distinct from `submit`'s 2,
@@ -89,6 +96,14 @@ fn main() -> std::process::ExitCode {
             Command::Chaos(args) => {
                 init_tracing("warn");
                 chaos::run_chaos(args).await
+            }
+            Command::Bench(args) => {
+                init_tracing("warn");
+                bench::run(args).await
+            }
+            Command::EchoServer(args) => {
+                init_tracing("warn");
+                servers::run_echo_server(args).await
             }
         }
     });

@@ -163,6 +163,10 @@ pub struct CoordinatorArgs {
     /// are forgotten, and ids that might be among them are refused rather than run again.
     #[arg(long, env = "CONCORD_RETAIN", default_value_t = 100_000)]
     retain: usize,
+    /// Send Prepares and Commits many per message (false: one call each, for participants
+    /// that do not implement PrepareBatch/CommitBatch; they are also detected on their own).
+    #[arg(long, env = "CONCORD_BATCH_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
+    batch_calls: bool,
     /// Stop when standard input closes (see `concord participant`).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
@@ -238,6 +242,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
         max_inflight: args.max_inflight,
         max_retained: args.retain,
         checkpoint_every_records: args.checkpoint_every.max(1),
+        batch_calls: args.batch_calls,
         ..concord_coordinator::CoordinatorConfig::default()
     };
     let coordinator = concord_coordinator::Coordinator::recover(config, wal)
@@ -254,5 +259,57 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
     )
     .await?;
     tracing::info!("coordinator stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `concord echo-server` (hidden: `concord bench` starts it).
+#[derive(Args, Debug)]
+pub struct EchoServerArgs {
+    /// Address to serve the echo on (127.0.0.1:0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Stop when standard input closes.
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
+}
+
+/// The largest echo payload.
+const MAX_ECHO_BYTES: usize = 4096;
+
+/// The `concord.v1.Echo` service.
+#[derive(Clone, Copy, Debug, Default)]
+struct EchoService;
+
+#[tonic::async_trait]
+impl concord_proto::v1::echo_server::Echo for EchoService {
+    async fn echo(
+        &self,
+        request: tonic::Request<concord_proto::v1::EchoRequest>,
+    ) -> Result<tonic::Response<concord_proto::v1::EchoResponse>, tonic::Status> {
+        let payload = request.into_inner().payload;
+        if payload.len() > MAX_ECHO_BYTES {
+            return Err(tonic::Status::invalid_argument(format!(
+                "payload: {} bytes, at most {MAX_ECHO_BYTES}",
+                payload.len()
+            )));
+        }
+        Ok(tonic::Response::new(concord_proto::v1::EchoResponse { payload }))
+    }
+}
+
+/// Serves the echo with Concord's transport settings until stopped.
+pub async fn run_echo_server(args: EchoServerArgs) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    announce(&listener)?;
+    let (_never, fatal) = tokio::sync::watch::channel(None);
+    concord_proto::net::serve(
+        concord_proto::v1::echo_server::EchoServer::new(EchoService),
+        concord_proto::net::incoming(listener),
+        shutdown(args.stop_on_stdin_eof),
+        fatal,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }

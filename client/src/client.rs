@@ -75,6 +75,13 @@ impl Client {
         Client { inner, options }
     }
 
+    /// A [`Pipeline`](crate::Pipeline) over this client's connection: many submits in flight
+    /// over one stream. Must be called inside a tokio runtime.
+    #[must_use]
+    pub fn pipeline(&self) -> crate::Pipeline {
+        crate::Pipeline::new(self.inner.clone(), self.options)
+    }
+
     /// Submits `txn` and waits for the coordinator's answer.
     ///
     /// Always sends a transaction id: the builder's, or a fresh UUID v4, so that on

@@ -13,6 +13,9 @@
 //!   `fence_unknown` to turn "never arrived" into a definite abort).
 //! - [`ClientError::Internal`]: the server failed; for a submit the outcome is not known either.
 //!
+//! [`Client::pipeline`] keeps many submits in flight over one stream (`SubmitStream`), with the
+//! same answers and errors.
+//!
 //! [`ParticipantReader`] reads committed data straight from a participant (tools, demos and
 //! checkers use it to verify what transactions did).
 //!
@@ -22,6 +25,7 @@
 mod client;
 mod error;
 pub mod info;
+mod pipeline;
 mod reader;
 mod transaction;
 
@@ -31,5 +35,6 @@ pub use info::{
     AbortCause, AbortKind, BranchInfo, BranchState, Submitted, TransactionInfo, TransactionPage,
     TxnMode, TxnState,
 };
+pub use pipeline::Pipeline;
 pub use reader::{Entry, ParticipantReader, ScanPage};
 pub use transaction::Transaction;

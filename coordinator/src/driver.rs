@@ -22,6 +22,8 @@ use concord_wal::{Lsn, Wal};
 use tokio::sync::{Semaphore, oneshot, watch};
 use tonic::transport::Channel;
 
+use crate::link::Link;
+
 /// How far a client's clock may run ahead of the coordinator's when it says when it first
 /// submitted a transaction; comparisons against the forgotten horizon allow this much.
 pub const CLOCK_SKEW_MARGIN_MS: u64 = 1_000;
@@ -48,6 +50,9 @@ pub struct CoordinatorConfig {
     pub max_backoff: Duration,
     /// Take a checkpoint after this many log records.
     pub checkpoint_every_records: u64,
+    /// Send Prepares and Commits many per message (PrepareBatch, CommitBatch); off: one call
+    /// each.
+    pub batch_calls: bool,
     /// How channels to participants are opened (TCP; simulated under simulation).
     pub dialer: concord_proto::net::Dialer,
     /// The wall clock (the system's; simulated time under simulation).
@@ -65,6 +70,7 @@ impl Default for CoordinatorConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             checkpoint_every_records: 200_000,
+            batch_calls: true,
             dialer: concord_proto::net::Dialer::default(),
             clock: concord_proto::clock::system,
         }
@@ -189,6 +195,8 @@ pub struct Coordinator<W: Wal> {
     wal: W,
     table: Mutex<Table>,
     clients: BTreeMap<String, ParticipantClient<Channel>>,
+    /// Batched Prepare and Commit, per participant.
+    links: BTreeMap<String, Link>,
     inflight: Arc<Semaphore>,
     records_since_checkpoint: std::sync::atomic::AtomicU64,
     checkpointing: tokio::sync::Mutex<()>,
@@ -231,12 +239,19 @@ impl<W: Wal> Coordinator<W> {
 
         let (fatal_tx, _) = watch::channel(None);
         let (stopping, _) = watch::channel(false);
+        let links = clients
+            .iter()
+            .map(|(name, client)| {
+                (name.clone(), Link::new(client.clone(), config.call_timeout, config.batch_calls))
+            })
+            .collect();
         let coordinator = Arc::new(Coordinator {
             inflight: Arc::new(Semaphore::new(config.max_inflight)),
             config,
             epoch,
             wal,
             table: Mutex::new(Table::default()),
+            links,
             clients,
             records_since_checkpoint: std::sync::atomic::AtomicU64::new(records),
             checkpointing: tokio::sync::Mutex::new(()),
@@ -574,7 +589,7 @@ impl<W: Wal> Coordinator<W> {
                                     return;
                                 }
                             }
-                            let client = self.clients[&new.participants[branch]].clone();
+                            let link = self.links[&new.participants[branch]].clone();
                             let request = v1::PrepareRequest {
                                 txn_id: txn.to_string(),
                                 epoch: self.epoch.0,
@@ -585,7 +600,7 @@ impl<W: Wal> Coordinator<W> {
                             let timeout =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
                             prepares.spawn(async move {
-                                (branch, prepare(client, request, timeout).await)
+                                (branch, prepare(&link, request, timeout).await)
                             });
                         }
                         Output::ForceCommit { branches } => {
@@ -760,7 +775,7 @@ impl<W: Wal> Coordinator<W> {
 
     /// Sends Commit to one branch until it is acknowledged, with bounded exponential backoff.
     async fn deliver_commit(self: Arc<Self>, txn: TxnId, branch: usize) {
-        let Some(mut client) = self.client_for(&txn, branch) else {
+        let Some(link) = self.link_for(&txn, branch) else {
             tracing::error!(txn_id = %txn, branch, "no client for a committing branch: unknown participant in the log");
             return;
         };
@@ -768,7 +783,7 @@ impl<W: Wal> Coordinator<W> {
         let mut backoff = self.config.min_backoff;
         loop {
             let request = v1::CommitRequest { txn_id: txn.to_string(), epoch: self.epoch.0 };
-            let result = client.commit(request).await;
+            let result = link.commit(request, self.config.call_timeout).await;
             let acknowledged = {
                 let mut table = self.table();
                 let Some(entry) = table.entries.get_mut(&txn) else { return };
@@ -856,6 +871,13 @@ impl<W: Wal> Coordinator<W> {
         self.clients.get(&name).cloned()
     }
 
+    fn link_for(&self, txn: &TxnId, branch: usize) -> Option<Link> {
+        let table = self.table();
+        let name = table.entries.get(txn)?.participants.get(branch)?.clone();
+        drop(table);
+        self.links.get(&name).cloned()
+    }
+
     /// Wall-clock milliseconds, from the configured clock.
     fn now_ms(&self) -> u64 {
         (self.config.clock)()
@@ -881,9 +903,12 @@ impl<W: Wal> Coordinator<W> {
         while table.finished.len() > self.config.max_retained {
             let Some(old) = table.finished.pop_front() else { break };
             if let Some(evicted) = table.entries.remove(&old) {
-                let created = match evicted.created_unix_ms {
-                    0 => evicted.finished_unix_ms.max(self.now_ms()),
-                    created => created,
+                // A fenced id has no creation time: the fence (its finish) bounds when it was
+                // first submitted. So does recovery, which finishes what it replays.
+                let created = match (evicted.created_unix_ms, evicted.finished_unix_ms) {
+                    (0, 0) => self.now_ms(),
+                    (0, finished) => finished,
+                    (created, _) => created,
                 };
                 table.forgotten_before_unix_ms = table.forgotten_before_unix_ms.max(created);
                 let age_ms = self.now_ms().saturating_sub(table.forgotten_before_unix_ms);
@@ -958,17 +983,10 @@ impl<W: Wal> Coordinator<W> {
 }
 
 /// Calls Prepare and classifies the answer. A transport error or timeout is never a NO.
-async fn prepare(
-    mut client: ParticipantClient<Channel>,
-    request: v1::PrepareRequest,
-    timeout: Duration,
-) -> PrepareResult {
+async fn prepare(link: &Link, request: v1::PrepareRequest, timeout: Duration) -> PrepareResult {
     let one_phase = request.one_phase;
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(timeout.max(Duration::from_millis(1)));
-    match client.prepare(request).await {
+    match link.prepare(request, timeout).await {
         Ok(response) => {
-            let response = response.into_inner();
             let outcome = convert::outcome_from_wire(response.outcome);
             match convert::vote_from_wire(response.vote) {
                 Ok(concord_core::types::Vote::Yes)
@@ -1231,6 +1249,45 @@ mod tests {
 mod resolve_tests {
     use super::*;
     use concord_wal::MemoryWal;
+    use std::sync::atomic::AtomicU64;
+
+    static TEST_NOW_MS: AtomicU64 = AtomicU64::new(1_000_000);
+
+    fn test_clock() -> u64 {
+        TEST_NOW_MS.load(Ordering::SeqCst)
+    }
+
+    /// Found by a 10-minute `concord chaos` run: once the coordinator started forgetting,
+    /// evicting a fenced id (which has no creation time) moved the forgotten horizon to the
+    /// present, so every new id was refused as "maybe forgotten" and nothing committed again.
+    /// A fenced id's horizon is when it was fenced.
+    #[tokio::test]
+    async fn forgetting_a_fenced_id_does_not_refuse_new_ids() {
+        let config = CoordinatorConfig {
+            participants: [("a".to_string(), "127.0.0.1:1".to_string())].into(),
+            max_retained: 2,
+            clock: test_clock,
+            ..CoordinatorConfig::default()
+        };
+        let coordinator = Coordinator::recover(config, MemoryWal::new(1 << 20)).await.unwrap();
+        let id = |s: &str| TxnId::parse(s, "txn_id").unwrap();
+        coordinator.fence(&id("f1"), 999_000).await.unwrap();
+        coordinator.fence(&id("f2"), 999_000).await.unwrap();
+        TEST_NOW_MS.store(2_000_000, Ordering::SeqCst);
+        coordinator.fence(&id("f3"), 1_999_000).await.unwrap(); // evicts f1, fenced at 1,000,000
+        assert_eq!(coordinator.forgotten_before_unix_ms(), 1_000_000);
+        let new = NewTxn {
+            txn: id("new"),
+            participants: vec!["a".into()],
+            operations: vec![Vec::new()],
+            timeout: Duration::from_millis(100),
+            first_submitted_unix_ms: 1_500_000,
+        };
+        // It runs (a one-phase transaction to an unreachable participant: still PENDING while
+        // its outcome is probed), rather than being refused as possibly forgotten.
+        let result = coordinator.submit(new).await;
+        assert!(result.is_ok(), "{result:?}");
+    }
 
     /// Found by the simulation (seed 25 after seed 24): a coordinator crashed before its lazy
     /// STARTED record was synced, a participant that had voted YES asked about the id and was

@@ -3,6 +3,7 @@
 //!
 //! - [`driver`]: the transaction table, the per-transaction tasks that carry out
 //!   `concord_core::coordinator::TxnMachine` outputs, Commit delivery and recovery.
+//! - [`link`]: Prepares and Commits to one participant, many per message.
 //! - [`service`]: the `concord.v1.Coordinator` gRPC service.
 //! - [`serve`]: runs it on a listener the caller bound, with health and reflection.
 //!
@@ -12,6 +13,7 @@
 //! delivery goes on. GetTransaction shows the difference (COMMITTING → COMMITTED).
 
 pub mod driver;
+pub mod link;
 pub mod service;
 
 use std::sync::Arc;

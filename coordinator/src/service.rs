@@ -10,7 +10,11 @@ use concord_core::limits;
 use concord_core::types::{InvalidInput, Outcome, TxnId, validate_operations};
 use concord_proto::{convert, v1};
 use concord_wal::Wal;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::driver::{Coordinator, CoordinatorError, Entry, NewTxn};
 
@@ -19,10 +23,84 @@ pub struct CoordinatorService<W: Wal> {
     coordinator: Arc<Coordinator<W>>,
 }
 
+impl<W: Wal> Clone for CoordinatorService<W> {
+    fn clone(&self) -> Self {
+        CoordinatorService { coordinator: Arc::clone(&self.coordinator) }
+    }
+}
+
+/// Submits running at once on one SubmitStream; the stream is not read further until one
+/// finishes.
+const STREAM_WINDOW: usize = 1_024;
+
+/// Runs one SubmitStream: reads requests while fewer than [`STREAM_WINDOW`] are running, runs
+/// them concurrently in this task (each transaction runs in its own task inside the driver
+/// anyway, so a client that goes away stops nothing), and sends each answer as it comes.
+async fn serve_stream<W: Wal>(
+    service: CoordinatorService<W>,
+    mut inbound: tonic::Streaming<v1::SubmitRequest>,
+    answers: tokio::sync::mpsc::Sender<Result<v1::SubmitStreamResponse, Status>>,
+) {
+    let mut running = FuturesUnordered::new();
+    let mut sequence = 0u64;
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            next = inbound.message(), if reading && running.len() < STREAM_WINDOW => match next {
+                Ok(Some(request)) => {
+                    let this = sequence;
+                    sequence += 1;
+                    let service = service.clone();
+                    running.push(async move { (this, service.submit_one(request).await) });
+                }
+                Ok(None) => reading = false,
+                Err(status) => {
+                    tracing::debug!(%status, "a submit stream broke");
+                    reading = false;
+                }
+            },
+            Some((this, result)) = running.next(), if !running.is_empty() => {
+                let result = match result {
+                    Ok(response) => v1::submit_stream_response::Result::Response(response),
+                    Err(status) => v1::submit_stream_response::Result::Error(
+                        convert::call_error(&status),
+                    ),
+                };
+                let answer = v1::SubmitStreamResponse { sequence: this, result: Some(result) };
+                if answers.send(Ok(answer)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+            else => return,
+        }
+    }
+}
+
 impl<W: Wal> CoordinatorService<W> {
     /// Serves `coordinator`.
     pub fn new(coordinator: Arc<Coordinator<W>>) -> Self {
         CoordinatorService { coordinator }
+    }
+
+    /// One Submit, alone or on a stream.
+    async fn submit_one(&self, request: v1::SubmitRequest) -> Result<v1::SubmitResponse, Status> {
+        let new = self.validate(request).map_err(|e| convert::invalid(&e))?;
+        let txn = new.txn.clone();
+        // Instrumented, not entered: a guard held across an await would leak the span into
+        // whatever task runs next on this thread.
+        let entry = self
+            .coordinator
+            .submit(new)
+            .instrument(tracing::debug_span!("submit", txn_id = %txn))
+            .await
+            .map_err(status)?;
+        self.coordinator.failpoint("coordinator.before_reply").map_err(status)?;
+        Ok(v1::SubmitResponse {
+            txn_id: txn.to_string(),
+            outcome: convert::outcome_to_wire(entry.outcome()).into(),
+            abort: abort_to_wire(&entry),
+            state: txn_state(&entry).into(),
+        })
     }
 
     fn validate(&self, request: v1::SubmitRequest) -> Result<NewTxn, InvalidInput> {
@@ -226,18 +304,19 @@ impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
         &self,
         request: Request<v1::SubmitRequest>,
     ) -> Result<Response<v1::SubmitResponse>, Status> {
-        let new = self.validate(request.into_inner()).map_err(|e| convert::invalid(&e))?;
-        let txn = new.txn.clone();
-        let span = tracing::debug_span!("submit", txn_id = %txn);
-        let _entered = span.enter();
-        let entry = self.coordinator.submit(new).await.map_err(status)?;
-        self.coordinator.failpoint("coordinator.before_reply").map_err(status)?;
-        Ok(Response::new(v1::SubmitResponse {
-            txn_id: txn.to_string(),
-            outcome: convert::outcome_to_wire(entry.outcome()).into(),
-            abort: abort_to_wire(&entry),
-            state: txn_state(&entry).into(),
-        }))
+        self.submit_one(request.into_inner()).await.map(Response::new)
+    }
+
+    type SubmitStreamStream = ReceiverStream<Result<v1::SubmitStreamResponse, Status>>;
+
+    async fn submit_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (answers, stream) = tokio::sync::mpsc::channel(STREAM_WINDOW);
+        tokio::spawn(serve_stream(self.clone(), inbound, answers));
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 
     async fn get_transaction(

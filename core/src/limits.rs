@@ -35,6 +35,11 @@ pub const MAX_REMEMBERED_DECISIONS: usize = 2 * 1_048_576;
 pub const MAX_WAL_RECORD_BYTES: usize = 4 * 1024 * 1024;
 /// The largest gRPC message Concord servers accept or send.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Requests in one PrepareBatch or CommitBatch message.
+pub const MAX_BATCH_REQUESTS: usize = 1_024;
+/// A batch stops growing once its requests take this many bytes (one branch is at most
+/// `MAX_BRANCH_PAYLOAD_BYTES`, so a batch always fits in a gRPC message).
+pub const MAX_BATCH_BYTES: usize = MAX_GRPC_MESSAGE_BYTES / 2;
 /// Entries in one page of a listing or scan.
 pub const MAX_PAGE_SIZE: usize = 1_000;
 /// Entries in a page when the caller does not say.

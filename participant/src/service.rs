@@ -9,7 +9,9 @@ use concord_core::types::{Epoch, TxnId};
 use concord_proto::convert;
 use concord_proto::v1;
 use concord_wal::Wal;
+use futures_util::future::join_all;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::node::{Node, NodeError};
 use crate::store::Store;
@@ -24,6 +26,52 @@ impl<W: Wal, S: Store> ParticipantService<W, S> {
     pub fn new(node: Arc<Node<W, S>>) -> Self {
         ParticipantService { node }
     }
+
+    /// One Prepare, alone or inside a batch.
+    async fn prepare_one(
+        &self,
+        request: v1::PrepareRequest,
+    ) -> Result<v1::PrepareResponse, Status> {
+        let txn = txn_id(&request.txn_id)?;
+        let operations = convert::operations(request.operations, "operations")
+            .map_err(|e| convert::invalid(&e))?;
+        let span = tracing::debug_span!("prepare", txn_id = %txn, participant = %self.node.name());
+        let reply = self
+            .node
+            .prepare(PrepareInput {
+                txn,
+                epoch: Epoch(request.epoch),
+                operations,
+                deadline_unix_ms: request.deadline_unix_ms,
+                one_phase: request.one_phase,
+            })
+            .instrument(span)
+            .await
+            .map_err(status)?;
+        Ok(v1::PrepareResponse {
+            vote: Some(convert::vote_to_wire(&reply.vote)),
+            outcome: convert::outcome_to_wire(reply.outcome).into(),
+        })
+    }
+
+    /// One Commit, alone or inside a batch.
+    async fn commit_one(&self, request: v1::CommitRequest) -> Result<v1::CommitResponse, Status> {
+        let txn = txn_id(&request.txn_id)?;
+        self.node.commit(&txn).await.map_err(status)?;
+        tracing::debug!(txn_id = %txn, participant = %self.node.name(), "committed");
+        Ok(v1::CommitResponse {})
+    }
+}
+
+/// A batch holds at most `MAX_BATCH_REQUESTS` requests.
+fn check_batch(requests: usize) -> Result<(), Status> {
+    if requests > limits::MAX_BATCH_REQUESTS {
+        return Err(Status::invalid_argument(format!(
+            "requests: {requests} requests; the limit is {}",
+            limits::MAX_BATCH_REQUESTS
+        )));
+    }
+    Ok(())
 }
 
 /// Node errors as gRPC statuses.
@@ -47,37 +95,54 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
         &self,
         request: Request<v1::PrepareRequest>,
     ) -> Result<Response<v1::PrepareResponse>, Status> {
-        let request = request.into_inner();
-        let txn = txn_id(&request.txn_id)?;
-        let operations = convert::operations(request.operations, "operations")
-            .map_err(|e| convert::invalid(&e))?;
-        let span = tracing::debug_span!("prepare", txn_id = %txn, participant = %self.node.name());
-        let _entered = span.enter();
-        let reply = self
-            .node
-            .prepare(PrepareInput {
-                txn,
-                epoch: Epoch(request.epoch),
-                operations,
-                deadline_unix_ms: request.deadline_unix_ms,
-                one_phase: request.one_phase,
-            })
-            .await
-            .map_err(status)?;
-        Ok(Response::new(v1::PrepareResponse {
-            vote: Some(convert::vote_to_wire(&reply.vote)),
-            outcome: convert::outcome_to_wire(reply.outcome).into(),
-        }))
+        self.prepare_one(request.into_inner()).await.map(Response::new)
     }
 
     async fn commit(
         &self,
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
-        let txn = txn_id(&request.get_ref().txn_id)?;
-        self.node.commit(&txn).await.map_err(status)?;
-        tracing::debug!(txn_id = %txn, participant = %self.node.name(), "committed");
-        Ok(Response::new(v1::CommitResponse {}))
+        self.commit_one(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn prepare_batch(
+        &self,
+        request: Request<v1::PrepareBatchRequest>,
+    ) -> Result<Response<v1::PrepareBatchResponse>, Status> {
+        let requests = request.into_inner().requests;
+        check_batch(requests.len())?;
+        // Every Prepare of the batch runs concurrently in this task: their records share the
+        // log's next sync.
+        let results = join_all(requests.into_iter().map(|r| self.prepare_one(r))).await;
+        let results = results
+            .into_iter()
+            .map(|result| v1::PrepareResult {
+                result: Some(match result {
+                    Ok(response) => v1::prepare_result::Result::Response(response),
+                    Err(status) => v1::prepare_result::Result::Error(convert::call_error(&status)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(v1::PrepareBatchResponse { results }))
+    }
+
+    async fn commit_batch(
+        &self,
+        request: Request<v1::CommitBatchRequest>,
+    ) -> Result<Response<v1::CommitBatchResponse>, Status> {
+        let requests = request.into_inner().requests;
+        check_batch(requests.len())?;
+        let results = join_all(requests.into_iter().map(|r| self.commit_one(r))).await;
+        let results = results
+            .into_iter()
+            .map(|result| v1::CommitResult {
+                result: Some(match result {
+                    Ok(response) => v1::commit_result::Result::Response(response),
+                    Err(status) => v1::commit_result::Result::Error(convert::call_error(&status)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(v1::CommitBatchResponse { results }))
     }
 
     async fn abort(

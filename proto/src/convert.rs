@@ -13,6 +13,18 @@ pub fn invalid(error: &InvalidInput) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
+/// A failed call inside a batch, as the status the single call would have returned.
+#[must_use]
+pub fn call_error(status: &Status) -> v1::CallError {
+    v1::CallError { code: status.code() as i32, message: status.message().to_string() }
+}
+
+/// The status a batch reported for one of its calls.
+#[must_use]
+pub fn call_status(error: v1::CallError) -> Status {
+    Status::new(tonic::Code::from_i32(error.code), error.message)
+}
+
 /// Converts a branch's operations, naming each bad one by its index under `field`.
 pub fn operations(
     operations: Vec<v1::Operation>,

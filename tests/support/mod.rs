@@ -476,6 +476,15 @@ impl Coordinator for StandInService {
         Err(Status::unimplemented("the stand-in coordinator only resolves transactions"))
     }
 
+    type SubmitStreamStream = tokio_stream::Empty<Result<v1::SubmitStreamResponse, Status>>;
+
+    async fn submit_stream(
+        &self,
+        _request: Request<tonic::Streaming<v1::SubmitRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        Err(Status::unimplemented("the stand-in coordinator only resolves transactions"))
+    }
+
     async fn get_transaction(
         &self,
         _request: Request<v1::GetTransactionRequest>,
