@@ -783,3 +783,61 @@ async fn forgotten_outcomes_are_never_contradicted_or_rerun() {
     let new = v1::SubmitRequest { first_submitted_unix_ms: now_ms(), ..credit_all("t-next", "k") };
     assert_eq!(client.submit(new).await.unwrap().into_inner().outcome(), v1::Outcome::Committed);
 }
+
+/// Many submits over one SubmitStream (the client's Pipeline), concurrently: each is answered
+/// for its own id and applied once, and a bad one is refused alone, naming its field. Then the
+/// same with the coordinator sending one call per Prepare and Commit (`--batch-calls false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_stream_answers_each_transaction_for_itself() {
+    use concord_client::{ClientError, RejectKind, Transaction};
+    use concord_core::types::{Operation, Outcome};
+
+    let mut cluster = Cluster::start(&[]).await;
+    for round in ["batched", "single"] {
+        if round == "single" {
+            let mut old = cluster.coordinator.take().unwrap();
+            old.terminate().unwrap();
+            old.wait_exit(EXIT_TIMEOUT).await.unwrap();
+            cluster.coordinator_extra = vec!["--batch-calls".into(), "false".into()];
+            cluster.start_coordinator(&[]).await;
+        }
+        let client =
+            concord_client::Client::connect(&cluster.coordinator_address.to_string()).unwrap();
+        let pipeline = client.pipeline();
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..60 {
+            let pipeline = pipeline.clone();
+            let add = |key: &str| Operation::CounterAdd {
+                key: key.as_bytes().to_vec(),
+                delta: 1,
+                lower_bound: None,
+                upper_bound: None,
+            };
+            let key = format!("{round}-{i}");
+            let txn = Transaction::new()
+                .with_txn_id(format!("{round}-{i}"))
+                .with_branch("alpha", vec![add(&key)])
+                .with_branch("beta", vec![add(&key)]);
+            calls.spawn(async move { (i, pipeline.submit(&txn).await) });
+        }
+        let bad = Transaction::new()
+            .with_txn_id(format!("{round}-bad"))
+            .with_branch("nobody", vec![Operation::Put { key: b"k".to_vec(), value: vec![] }]);
+        match pipeline.submit(&bad).await {
+            Err(ClientError::Rejected { kind: RejectKind::InvalidArgument, message }) => {
+                assert!(message.contains("branches[0].participant"), "{message}");
+            }
+            other => panic!("an unknown participant must be refused alone: {other:?}"),
+        }
+        while let Some(joined) = calls.join_next().await {
+            let (i, submitted) = joined.unwrap();
+            let submitted = submitted.unwrap();
+            assert_eq!(submitted.txn_id, format!("{round}-{i}"));
+            assert_eq!(submitted.outcome, Outcome::Committed, "{submitted:?}");
+        }
+        for i in [0, 59] {
+            assert_eq!(cluster.counter("alpha", &format!("{round}-{i}")).await, 1);
+            assert_eq!(cluster.counter("beta", &format!("{round}-{i}")).await, 1);
+        }
+    }
+}

@@ -226,6 +226,67 @@ async fn prepare_then_commit_applies_the_value_with_a_version() {
     assert!(in_doubt(&client).await.is_empty());
 }
 
+/// PrepareBatch and CommitBatch answer each request for itself, in order, as the single calls
+/// would: a bad request is refused alone (naming its field) and the rest take effect; a batch
+/// past the limit is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_each_request_as_the_single_call_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let participant = start(dir.path()).await;
+    let mut client = participant.client();
+
+    let mut bad = prepare_request("b-bad", vec![put("kb", b"v")]);
+    bad.txn_id = "not an id!".into();
+    let requests = vec![
+        prepare_request("b1", vec![put("k1", b"one")]),
+        bad,
+        prepare_request("b2", vec![put("k1", b"two")]), // k1 is locked by b1
+        prepare_request("b3", vec![put("k3", b"three")]),
+    ];
+    let results =
+        client.prepare_batch(v1::PrepareBatchRequest { requests }).await.unwrap().into_inner();
+    assert_eq!(results.results.len(), 4);
+    let response = |i: usize| match results.results[i].result.clone().unwrap() {
+        v1::prepare_result::Result::Response(response) => Ok(response),
+        v1::prepare_result::Result::Error(error) => Err(concord_proto::convert::call_status(error)),
+    };
+    assert_yes(&response(0).unwrap());
+    assert_invalid("a bad txn id inside a batch", response(1), "txn_id");
+    assert_no(&response(2).unwrap(), NoReason::Conflict);
+    assert_yes(&response(3).unwrap());
+
+    let commits = vec![
+        v1::CommitRequest { txn_id: "b1".into(), epoch: EPOCH },
+        v1::CommitRequest { txn_id: "b3".into(), epoch: EPOCH },
+        v1::CommitRequest { txn_id: "b2".into(), epoch: EPOCH }, // voted NO: aborted here
+    ];
+    let results = client
+        .commit_batch(v1::CommitBatchRequest { requests: commits })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(matches!(results[0].result, Some(v1::commit_result::Result::Response(_))));
+    assert!(matches!(results[1].result, Some(v1::commit_result::Result::Response(_))));
+    match &results[2].result {
+        Some(v1::commit_result::Result::Error(error)) => {
+            assert_eq!(error.code, Code::FailedPrecondition as i32, "{error:?}");
+        }
+        other => panic!("a Commit of an aborted branch must fail: {other:?}"),
+    }
+    assert_eq!(value(&client, "k1").await.as_deref(), Some(&b"one"[..]));
+    assert_eq!(value(&client, "k3").await.as_deref(), Some(&b"three"[..]));
+
+    let too_many = (0..=concord_core::limits::MAX_BATCH_REQUESTS)
+        .map(|i| v1::CommitRequest { txn_id: format!("x{i}"), epoch: EPOCH })
+        .collect();
+    assert_invalid(
+        "an oversized batch",
+        client.commit_batch(v1::CommitBatchRequest { requests: too_many }).await,
+        "requests",
+    );
+}
+
 /// Abort discards a prepared branch: nothing is written, and its lock is released so another
 /// transaction on the key votes YES.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

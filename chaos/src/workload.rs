@@ -442,6 +442,12 @@ pub async fn run_resolver(client: Client, history: Arc<History>, stop: Arc<Atomi
             let told = match client.fence(&record.id, record.first_submitted_unix_ms).await {
                 Ok(info) if info.outcome == Outcome::Committed => Told::Committed,
                 Ok(info) if info.outcome == Outcome::Aborted => Told::Aborted,
+                // A definite refusal (the coordinator cannot tell, DATA_LOSS) will not change:
+                // leave it to the final check, which reports it, rather than block the rest.
+                Err(error) if !matches!(error, ClientError::Unknown { .. }) => {
+                    history.event(&record.id, "unknown", &short(&error));
+                    continue;
+                }
                 _ => {
                     // Not now (a fault, or still deciding): back in line, try next tick.
                     lock(&history.unknown).push_front((index, since));

@@ -262,7 +262,11 @@ impl<W: Wal> Coordinator<W> {
 
         coordinator.table().forgotten_before_unix_ms = forgotten_before_unix_ms;
         let (mut resumed, mut aborted, mut probed) = (0, 0, 0);
-        for (txn, replayed) in replay.txns {
+        // Oldest first, so the finished ones are forgotten in the order they happened (the
+        // horizon then moves as it did before the restart, not to whatever the map yields).
+        let mut txns: Vec<(TxnId, Replayed)> = replay.txns.into_iter().collect();
+        txns.sort_by(|(a, x), (b, y)| (x.created, a).cmp(&(y.created, b)));
+        for (txn, replayed) in txns {
             match &replayed.state {
                 ReplayedState::Committing { pending } => {
                     let (machine, outputs) =
@@ -457,10 +461,16 @@ impl<W: Wal> Coordinator<W> {
                     )));
                 }
                 self.failpoint("coordinator.before_fence")?;
-                let lsn = self.append(&CoordinatorRecord::Fenced { txn: txn.clone() })?;
+                let now = self.now_ms();
+                let lsn = self.append(&CoordinatorRecord::FencedAt {
+                    txn: txn.clone(),
+                    fenced_unix_ms: now,
+                })?;
                 let machine = TxnMachine::finished(1, Phase::Aborted(AbortCause::Fenced));
                 let mut entry = Entry::new(Vec::new(), machine, self.epoch);
-                entry.finished_unix_ms = self.now_ms();
+                // The id was first submitted (if ever) before now: its bound for the horizon.
+                entry.created_unix_ms = now;
+                entry.finished_unix_ms = now;
                 table.entries.insert(txn.clone(), entry);
                 Some(lsn)
             }
@@ -886,6 +896,7 @@ impl<W: Wal> Coordinator<W> {
     fn insert_recovered(&self, txn: &TxnId, replayed: &Replayed, machine: TxnMachine) {
         let mut entry = Entry::new(replayed.participants.clone(), machine, Epoch(0));
         entry.created_unix_ms = replayed.created;
+        entry.decided_unix_ms = replayed.decided;
         entry.deadline_unix_ms = replayed.deadline;
         self.table().entries.insert(txn.clone(), entry);
     }
@@ -1039,7 +1050,10 @@ fn checkpoint_records(txn: &TxnId, entry: &Entry) -> Vec<CoordinatorRecord> {
             }
             records
         }
-        Phase::Aborted(AbortCause::Fenced) => vec![CoordinatorRecord::Fenced { txn: txn.clone() }],
+        Phase::Aborted(AbortCause::Fenced) => vec![CoordinatorRecord::FencedAt {
+            txn: txn.clone(),
+            fenced_unix_ms: entry.created_unix_ms,
+        }],
         Phase::Aborted(cause) => {
             vec![started, CoordinatorRecord::Aborted { txn: txn.clone(), cause: cause.clone() }]
         }
@@ -1050,6 +1064,7 @@ fn checkpoint_records(txn: &TxnId, entry: &Entry) -> Vec<CoordinatorRecord> {
 struct Replayed {
     participants: Vec<String>,
     created: u64,
+    decided: u64,
     deadline: u64,
     state: ReplayedState,
 }
@@ -1073,6 +1088,16 @@ struct Replay {
 }
 
 impl Replay {
+    fn fenced(&mut self, txn: TxnId, fenced_unix_ms: u64) {
+        self.txns.entry(txn).or_insert(Replayed {
+            participants: Vec::new(),
+            created: fenced_unix_ms,
+            decided: 0,
+            deadline: 0,
+            state: ReplayedState::Finished(Phase::Aborted(AbortCause::Fenced)),
+        });
+    }
+
     fn apply(&mut self, record: CoordinatorRecord) {
         let in_checkpoint = matches!(
             record,
@@ -1089,20 +1114,30 @@ impl Replay {
                 self.txns.entry(txn).or_insert(Replayed {
                     participants,
                     created: created_unix_ms,
+                    decided: 0,
                     deadline: deadline_unix_ms,
                     state: ReplayedState::Started,
                 });
             }
-            CoordinatorRecord::Commit { txn, participants, pending, .. } => {
-                let (created, deadline) =
-                    self.txns.get(&txn).map_or((0, 0), |t| (t.created, t.deadline));
+            CoordinatorRecord::Commit { txn, participants, pending, decided_unix_ms } => {
+                // Without its STARTED record (lazy, or not in a checkpoint) the decision time
+                // bounds the creation time, which the forgotten horizon needs.
+                let (created, deadline) = match self.txns.get(&txn) {
+                    Some(t) if t.created != 0 => (t.created, t.deadline),
+                    Some(t) => (decided_unix_ms, t.deadline),
+                    None => (decided_unix_ms, 0),
+                };
                 let state = ReplayedState::Committing { pending };
-                self.txns.insert(txn, Replayed { participants, created, deadline, state });
+                self.txns.insert(
+                    txn,
+                    Replayed { participants, created, decided: decided_unix_ms, deadline, state },
+                );
             }
             CoordinatorRecord::Aborted { txn, cause } => {
                 let entry = self.txns.entry(txn).or_insert(Replayed {
                     participants: Vec::new(),
                     created: 0,
+                    decided: 0,
                     deadline: 0,
                     state: ReplayedState::Started,
                 });
@@ -1110,13 +1145,9 @@ impl Replay {
                     entry.state = ReplayedState::Finished(Phase::Aborted(cause));
                 }
             }
-            CoordinatorRecord::Fenced { txn } => {
-                self.txns.entry(txn).or_insert(Replayed {
-                    participants: Vec::new(),
-                    created: 0,
-                    deadline: 0,
-                    state: ReplayedState::Finished(Phase::Aborted(AbortCause::Fenced)),
-                });
+            CoordinatorRecord::Fenced { txn } => self.fenced(txn, 0),
+            CoordinatorRecord::FencedAt { txn, fenced_unix_ms } => {
+                self.fenced(txn, fenced_unix_ms);
             }
             CoordinatorRecord::End { txn } => {
                 if let Some(entry) = self.txns.get_mut(&txn) {
@@ -1287,6 +1318,41 @@ mod resolve_tests {
         // its outcome is probed), rather than being refused as possibly forgotten.
         let result = coordinator.submit(new).await;
         assert!(result.is_ok(), "{result:?}");
+    }
+
+    /// Found by the same 10-minute run, after the fix above: a restarted coordinator replayed
+    /// fenced ids (and commits whose STARTED record was lazy) without a time, counted them as
+    /// finished at recovery, and evicting them moved the horizon to the restart, so unknown
+    /// ids submitted before it could no longer be settled. The log now keeps when each id was
+    /// fenced, and a decision's time bounds its creation.
+    #[tokio::test]
+    async fn a_restart_keeps_the_times_the_horizon_needs() {
+        static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+        fn clock() -> u64 {
+            NOW.load(Ordering::SeqCst)
+        }
+        let config = CoordinatorConfig {
+            participants: [("a".to_string(), "127.0.0.1:1".to_string())].into(),
+            max_retained: 20,
+            clock,
+            ..CoordinatorConfig::default()
+        };
+        let wal = MemoryWal::new(1 << 20);
+        let coordinator = Coordinator::recover(config.clone(), wal.clone()).await.unwrap();
+        let id = |s: &str| TxnId::parse(s, "txn_id").unwrap();
+        for f in 0..20u64 {
+            NOW.store(1_000_000 + f * 1_000, Ordering::SeqCst);
+            // Ids in the opposite order to their times: f19 is the oldest.
+            coordinator.fence(&id(&format!("f{}", 19 - f)), 999_000).await.unwrap();
+        }
+        coordinator.stop();
+        drop(coordinator);
+        NOW.store(5_000_000, Ordering::SeqCst);
+        let recovered = Coordinator::recover(config, wal).await.unwrap();
+        // Evicts the oldest: f19, fenced at 1,000,000 (not the restart's time, and not f0,
+        // which the replay sees first).
+        recovered.fence(&id("g1"), 4_999_000).await.unwrap();
+        assert_eq!(recovered.forgotten_before_unix_ms(), 1_000_000);
     }
 
     /// Found by the simulation (seed 25 after seed 24): a coordinator crashed before its lazy

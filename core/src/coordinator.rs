@@ -423,7 +423,8 @@ pub enum CoordinatorRecord {
         /// Why.
         cause: AbortCause,
     },
-    /// A client fenced an unknown id: it is aborted for good. Forced before answering.
+    /// A client fenced an unknown id: it is aborted for good. Forced before answering. Written
+    /// by earlier versions; [`CoordinatorRecord::FencedAt`] replaces it.
     Fenced {
         /// The transaction.
         txn: TxnId,
@@ -450,6 +451,16 @@ pub enum CoordinatorRecord {
     CheckpointEnd {
         /// Matches the begin.
         id: u64,
+    },
+    /// An unknown id was fenced (by a client, or to answer an in-doubt participant): it is
+    /// aborted for good. Forced before answering. Its time bounds when the id was first
+    /// submitted, which the forgotten horizon needs once it is evicted. (Last, so every older
+    /// record keeps its encoding.)
+    FencedAt {
+        /// The transaction.
+        txn: TxnId,
+        /// When it was fenced.
+        fenced_unix_ms: u64,
     },
 }
 
