@@ -523,37 +523,39 @@ impl<W: Wal> Coordinator<W> {
             return Ok(());
         }
         let _serial = self.checkpointing.lock().await;
-        let (begin, end) = {
+        // The snapshot and its BEGIN record are taken together under the table lock; the
+        // entries and END are appended after it is released, so transactions are not stalled
+        // while a large table is encoded. Records that running transactions append meanwhile
+        // land between BEGIN and END, and replay applies them on top of the snapshot.
+        let (id, begin, entries) = {
             let table = self.table();
             let mut entries = Vec::new();
             for (txn, entry) in &table.entries {
                 entries.extend(checkpoint_records(txn, entry));
             }
             let id = self.now_ms();
-            let mut lsns = vec![self.append(&CoordinatorRecord::CheckpointBegin {
+            let begin = self.append(&CoordinatorRecord::CheckpointBegin {
                 id,
                 epoch: self.epoch,
                 forgotten_before_unix_ms: table.forgotten_before_unix_ms,
-            })?];
-            let mut batch = Vec::new();
-            let mut size = 0;
-            for record in entries {
-                size += record.encode().len();
-                batch.push(record);
-                if size > concord_core::limits::MAX_WAL_RECORD_BYTES / 2 {
-                    lsns.push(self.append(&CoordinatorRecord::CheckpointEntries(
-                        std::mem::take(&mut batch),
-                    ))?);
-                    size = 0;
-                }
-            }
-            if !batch.is_empty() {
-                lsns.push(self.append(&CoordinatorRecord::CheckpointEntries(batch))?);
-            }
-            lsns.push(self.append(&CoordinatorRecord::CheckpointEnd { id })?);
+            })?;
             self.records_since_checkpoint.store(0, Ordering::Relaxed);
-            (lsns[0], lsns[lsns.len() - 1])
+            (id, begin, entries)
         };
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for record in entries {
+            size += record.encode().len();
+            batch.push(record);
+            if size > concord_core::limits::MAX_WAL_RECORD_BYTES / 2 {
+                self.append(&CoordinatorRecord::CheckpointEntries(std::mem::take(&mut batch)))?;
+                size = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.append(&CoordinatorRecord::CheckpointEntries(batch))?;
+        }
+        let end = self.append(&CoordinatorRecord::CheckpointEnd { id })?;
         self.failpoint("coordinator.before_checkpoint")?;
         self.wal.wait_durable(end).await.map_err(|e| self.fail(e.to_string()))?;
         self.wal.truncate_before(begin).map_err(|e| self.fail(e.to_string()))?;

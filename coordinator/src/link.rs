@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 /// Requests of one kind waiting for a batch.
 const QUEUE: usize = 8_192;
 /// Batches of one kind outstanding at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 /// A request waiting to be sent, and where its answer goes.
 struct Queued<Req, Resp> {
