@@ -107,9 +107,28 @@ pub struct Cluster {
     starts: Vec<u32>,
 }
 
-/// A free port on 127.0.0.1 (released at once: the caller binds it soon after; the OS does
-/// not hand a just-released port out again at once).
+/// A free port on 127.0.0.1, below the kernel's ephemeral range. Every process keeps its port
+/// across restarts, and a port from the ephemeral range can meanwhile be taken as the local
+/// end of some outgoing connection, which makes the restart's bind fail ("address in use";
+/// seen in CI). Released at once: the caller binds it soon after.
 fn free_port() -> anyhow::Result<SocketAddr> {
+    let (ephemeral_low, _) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+            Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999));
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1_000 {
+        let mut rng = crate::rng::Prng::new(crate::rng::clock_seed());
+        for _ in 0..200 {
+            let port = LOWEST + rng.below(u64::from(ephemeral_low - LOWEST)) as u16;
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return Ok(listener.local_addr()?);
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("reserving a port")?;
     Ok(listener.local_addr()?)
 }
