@@ -22,14 +22,17 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
+    /// Whether nothing was started (or everything was stopped).
     pub fn is_empty(&self) -> bool {
         self.participants.is_empty() && self.coordinator.is_none()
     }
 
+    /// Every running server, participants first.
     pub fn servers(&self) -> impl Iterator<Item = &Server> {
         self.participants.iter().chain(self.coordinator.as_ref())
     }
 
+    /// Where the coordinator listens.
     pub fn coordinator_address(&self) -> anyhow::Result<SocketAddr> {
         self.coordinator.as_ref().map(Server::address).context("no coordinator running")
     }

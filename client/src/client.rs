@@ -88,17 +88,9 @@ impl Client {
     /// [`ClientError::Unknown`] the caller can ask for the outcome with [`Client::get`].
     /// Resubmitting the same id is safe: the coordinator never runs an id twice.
     pub async fn submit(&self, txn: &Transaction) -> Result<Submitted, ClientError> {
-        txn.validate().map_err(|error| ClientError::invalid(&error))?;
-        let txn_id = match txn.txn_id() {
-            Some(txn_id) => TxnId::parse(txn_id, "txn_id"),
-            None => TxnId::parse(&uuid::Uuid::new_v4().to_string(), "txn_id"),
-        }
-        .map_err(|error| ClientError::invalid(&error))?;
-        let decision_timeout_ms =
-            txn.timeout_ms().map_or(limits::DEFAULT_TXN_TIMEOUT_MS, u64::from);
-        let mut request = tonic::Request::new(txn.to_request(&txn_id));
-        request
-            .set_timeout(Duration::from_millis(decision_timeout_ms) + self.options.submit_margin);
+        let (txn_id, request, patience) = submission(txn, self.options.submit_margin)?;
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(patience);
         let span = tracing::debug_span!("submit", txn_id = %txn_id);
         let mut inner = self.inner.clone();
         async move {
@@ -203,6 +195,24 @@ impl Client {
             if response.next_page_token.is_empty() { None } else { Some(response.next_page_token) };
         Ok(TransactionPage { transactions, next_page_token })
     }
+}
+
+/// What every submit (unary or on a stream) sends: `txn` validated, with its id (the
+/// builder's, or a fresh UUID v4, so an unknown outcome can be asked about), and how long to
+/// wait for the answer (its decision timeout plus `margin`).
+pub(crate) fn submission(
+    txn: &Transaction,
+    margin: Duration,
+) -> Result<(TxnId, concord_proto::v1::SubmitRequest, Duration), ClientError> {
+    txn.validate().map_err(|error| ClientError::invalid(&error))?;
+    let txn_id = match txn.txn_id() {
+        Some(txn_id) => TxnId::parse(txn_id, "txn_id"),
+        None => TxnId::parse(&uuid::Uuid::new_v4().to_string(), "txn_id"),
+    }
+    .map_err(|error| ClientError::invalid(&error))?;
+    let decision_timeout_ms = txn.timeout_ms().map_or(limits::DEFAULT_TXN_TIMEOUT_MS, u64::from);
+    let request = txn.to_request(&txn_id);
+    Ok((txn_id, request, Duration::from_millis(decision_timeout_ms) + margin))
 }
 
 #[cfg(test)]

@@ -5,10 +5,7 @@
 //! breaks; a break makes every submit still waiting on it [`ClientError::Unknown`].
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use concord_core::limits;
-use concord_core::types::TxnId;
 use concord_proto::v1;
 use concord_proto::v1::coordinator_client::CoordinatorClient;
 use tokio::sync::{mpsc, oneshot};
@@ -39,15 +36,8 @@ impl Pipeline {
 
     /// Submits `txn` on the stream and waits for its answer (see the module docs).
     pub async fn submit(&self, txn: &Transaction) -> Result<Submitted, ClientError> {
-        txn.validate().map_err(|error| ClientError::invalid(&error))?;
-        let txn_id = match txn.txn_id() {
-            Some(txn_id) => TxnId::parse(txn_id, "txn_id"),
-            None => TxnId::parse(&uuid::Uuid::new_v4().to_string(), "txn_id"),
-        }
-        .map_err(|error| ClientError::invalid(&error))?;
-        let decision_timeout_ms =
-            txn.timeout_ms().map_or(limits::DEFAULT_TXN_TIMEOUT_MS, u64::from);
-        let patience = Duration::from_millis(decision_timeout_ms) + self.options.submit_margin;
+        let (txn_id, request, patience) =
+            crate::client::submission(txn, self.options.submit_margin)?;
         let unknown = |cause, message: &str| ClientError::Unknown {
             txn_id: Some(txn_id.to_string()),
             cause,
@@ -56,7 +46,7 @@ impl Pipeline {
         let (reply, answer) = oneshot::channel();
         let asked = async {
             self.queue
-                .send((txn.to_request(&txn_id), reply))
+                .send((request, reply))
                 .await
                 .map_err(|_| unknown(UnknownCause::Unavailable, "the pipeline stopped"))?;
             answer.await.map_err(|_| unknown(UnknownCause::Unavailable, "the stream broke"))
