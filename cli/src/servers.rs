@@ -36,7 +36,7 @@ pub struct ParticipantArgs {
     #[arg(long, env = "CONCORD_CHECKPOINT_EVERY", default_value_t = 100_000)]
     checkpoint_every: u64,
     /// Size at which a log segment is closed and a new one started.
-    #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 16 * 1024 * 1024)]
     segment_bytes: u64,
     /// Stop when standard input closes: for a parent (such as `concord demo`) that must not
     /// leave this server running if it dies.
@@ -59,6 +59,7 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
         FileWalOptions {
             segment_bytes: args.segment_bytes,
             max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+            preallocate: true,
         },
     )
     .with_context(|| format!("opening the write-ahead log in {}", args.data_dir.display()))?;
@@ -157,7 +158,7 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "CONCORD_CHECKPOINT_EVERY", default_value_t = 200_000)]
     checkpoint_every: u64,
     /// Size at which a log segment is closed and a new one started.
-    #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "CONCORD_SEGMENT_BYTES", default_value_t = 16 * 1024 * 1024)]
     segment_bytes: u64,
     /// Finished transactions remembered for GetTransaction and idempotent Submit; older ones
     /// are forgotten, and ids that might be among them are refused rather than run again.
@@ -233,6 +234,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
         FileWalOptions {
             segment_bytes: args.segment_bytes,
             max_record_bytes: concord_core::limits::MAX_WAL_RECORD_BYTES,
+            preallocate: true,
         },
     )
     .with_context(|| format!("opening the decision log in {}", data_dir.display()))?;

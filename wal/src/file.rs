@@ -15,11 +15,20 @@
 //! [`FileWalOptions::segment_bytes`]. [`Wal::truncate_before`] deletes whole segments below a
 //! checkpoint; the segment being written is never deleted.
 //!
+//! Segments are preallocated ([`FileWalOptions::preallocate`]): zero-filled to their full size
+//! and synced when created, and written in place. An `fdatasync` of a file that grew must also
+//! commit the new size through the file system's journal; one of bytes written over allocated
+//! blocks writes only the data (on this project's ext4 machines, ~160 µs instead of ~300 µs per
+//! sync). A helper thread zero-fills the next segment as a spare file while the current one
+//! fills, so rolling costs a rename, not a 16 MiB write. Zero bytes after a segment's last record
+//! end the segment (see [`crate::format`]).
+//!
 //! Memory: the append buffer holds at most what callers appended during one sync; callers bound
 //! it by bounding their in-flight work (in-flight transactions × the record-size limit).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -36,6 +45,10 @@ pub const LAZY_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_m
 /// pin its memory forever.
 const RETAINED_BUFFER_BYTES: usize = 1024 * 1024;
 
+/// The zero-filled file that becomes the next segment. Never read: a crash leaves it behind, and
+/// the next open deletes it.
+const SPARE_FILE_NAME: &str = "next-segment.spare";
+
 /// How a [`FileWal`] is laid out and limited.
 #[derive(Clone, Debug)]
 pub struct FileWalOptions {
@@ -43,11 +56,18 @@ pub struct FileWalOptions {
     pub segment_bytes: u64,
     /// The largest payload [`Wal::append`] accepts (at most [`format::MAX_PAYLOAD_LEN`]).
     pub max_record_bytes: usize,
+    /// Zero-fill every new segment to `segment_bytes` and write it in place (see the module
+    /// documentation). Off, segments grow by appends, and a torn tail is cut off by truncation.
+    pub preallocate: bool,
 }
 
 impl Default for FileWalOptions {
     fn default() -> Self {
-        FileWalOptions { segment_bytes: 64 * 1024 * 1024, max_record_bytes: 4 * 1024 * 1024 }
+        FileWalOptions {
+            segment_bytes: 16 * 1024 * 1024,
+            max_record_bytes: 4 * 1024 * 1024,
+            preallocate: true,
+        }
     }
 }
 
@@ -136,24 +156,22 @@ impl FileWal {
         std::fs::create_dir_all(dir)
             .map_err(|e| WalError::io(format!("creating {}", dir.display()), &e))?;
         let lock = lock_dir(dir)?;
+        remove_spare(dir)?;
+        let fill = if options.preallocate { options.segment_bytes } else { 0 };
 
         let mut segments = list_segments(dir)?;
         if segments.is_empty() {
-            segments.push(create_segment(dir, Lsn(1))?);
+            segments.push(create_segment(dir, Lsn(1), fill)?);
         }
-        let last_lsn = recover_segments(&segments)?;
+        let (last_lsn, active_len) = recover_segments(&segments, options.preallocate)?;
         let active =
             segments.last().cloned().ok_or_else(|| WalError::Failed("no segment".into()))?;
         let file = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&active.path)
             .map_err(|e| WalError::io(format!("opening {}", active.path.display()), &e))?;
         file.sync_data()
             .map_err(|e| WalError::io(format!("syncing {}", active.path.display()), &e))?;
-        let active_len = file
-            .metadata()
-            .map_err(|e| WalError::io(format!("reading {}", active.path.display()), &e))?
-            .len();
         tracing::info!(dir = %dir.display(), segments = segments.len(), %last_lsn, "opened write-ahead log");
 
         let (durable, _) = watch::channel(Durability { lsn: last_lsn, ..Durability::default() });
@@ -310,9 +328,11 @@ impl Wal for FileWal {
     }
 }
 
-/// The writer thread: take the buffer, write it, sync it, publish, roll segments; until stopped.
-fn run_writer(shared: &Shared, mut file: File, mut file_len: u64) {
+/// The writer thread: take the buffer, write it at `end` (where the active segment's records
+/// end), sync it, publish, roll segments; until stopped.
+fn run_writer(shared: &Shared, mut file: File, mut end: u64) {
     let mut batch = Vec::new();
+    let mut spare = Spare::start(shared);
     loop {
         let batch_last = {
             let mut state = lock(&shared.state);
@@ -338,7 +358,7 @@ fn run_writer(shared: &Shared, mut file: File, mut file_len: u64) {
         };
 
         let written = file
-            .write_all(&batch)
+            .write_all_at(&batch, end)
             .and_then(|()| failpoint("wal.before_sync"))
             .and_then(|()| sync_data(shared, &file))
             .and_then(|()| failpoint("wal.after_sync"));
@@ -346,25 +366,26 @@ fn run_writer(shared: &Shared, mut file: File, mut file_len: u64) {
             fail(shared, format!("writing and syncing the active segment: {error}"));
             break;
         }
-        file_len += batch.len() as u64;
+        end += batch.len() as u64;
         batch.clear();
         if batch.capacity() > RETAINED_BUFFER_BYTES {
             batch = Vec::new();
         }
         shared.durable.send_modify(|d| d.lsn = batch_last);
 
-        if file_len >= shared.options.segment_bytes {
-            match create_segment(&shared.dir, batch_last.next()) {
+        if end >= shared.options.segment_bytes {
+            match spare.take_as_segment(shared, batch_last.next()) {
                 Ok(segment) => {
-                    match OpenOptions::new().append(true).open(&segment.path) {
+                    match OpenOptions::new().write(true).open(&segment.path) {
                         Ok(next) => file = next,
                         Err(error) => {
                             fail(shared, format!("opening {}: {error}", segment.path.display()));
                             break;
                         }
                     }
-                    file_len = format::SEGMENT_HEADER_LEN as u64;
+                    end = format::SEGMENT_HEADER_LEN as u64;
                     lock(&shared.segments).push(segment);
+                    spare = Spare::start(shared);
                 }
                 Err(error) => {
                     fail(shared, error.to_string());
@@ -373,7 +394,113 @@ fn run_writer(shared: &Shared, mut file: File, mut file_len: u64) {
             }
         }
     }
+    spare.finish();
     shared.durable.send_modify(|d| d.stopped = true);
+}
+
+/// The next segment, zero-filled ahead of time by a helper thread (when preallocating).
+struct Spare(Option<JoinHandle<Result<(), WalError>>>);
+
+impl Spare {
+    /// Starts zero-filling the spare file, if segments are preallocated.
+    fn start(shared: &Shared) -> Spare {
+        if !shared.options.preallocate {
+            return Spare(None);
+        }
+        let dir = shared.dir.clone();
+        let len = shared.options.segment_bytes;
+        let started = std::thread::Builder::new()
+            .name("concord-wal-spare".into())
+            .spawn(move || create_spare(&dir, len));
+        match started {
+            Ok(handle) => Spare(Some(handle)),
+            // Without the helper, the roll creates the segment itself.
+            Err(error) => {
+                tracing::warn!(%error, "could not start the spare-segment thread");
+                Spare(None)
+            }
+        }
+    }
+
+    /// Turns the spare into the segment starting at `first_lsn`: header written and synced,
+    /// renamed into place, directory synced. Without a spare, creates the segment directly.
+    fn take_as_segment(&mut self, shared: &Shared, first_lsn: Lsn) -> Result<Segment, WalError> {
+        let fill = if shared.options.preallocate { shared.options.segment_bytes } else { 0 };
+        let ready = match self.0.take().map(JoinHandle::join) {
+            Some(Ok(Ok(()))) => true,
+            Some(Ok(Err(error))) => {
+                tracing::warn!(%error, "the spare segment failed; creating the segment directly");
+                false
+            }
+            Some(Err(_)) => {
+                tracing::error!("the spare-segment thread panicked");
+                false
+            }
+            None => false,
+        };
+        if !ready {
+            return create_segment(&shared.dir, first_lsn, fill);
+        }
+        let spare = shared.dir.join(SPARE_FILE_NAME);
+        let path = shared.dir.join(format::segment_file_name(first_lsn));
+        OpenOptions::new()
+            .write(true)
+            .open(&spare)
+            .and_then(|file| {
+                file.write_all_at(&format::encode_segment_header(first_lsn), 0)?;
+                file.sync_data()
+            })
+            .and_then(|()| std::fs::rename(&spare, &path))
+            .map_err(|e| WalError::io(format!("turning {} into a segment", spare.display()), &e))?;
+        sync_dir(&shared.dir)?;
+        Ok(Segment { first_lsn, path })
+    }
+
+    /// Waits for the helper thread, so the log leaves no thread behind when it stops.
+    fn finish(self) {
+        if let Some(handle) = self.0
+            && handle.join().is_err()
+        {
+            tracing::error!("the spare-segment thread panicked");
+        }
+    }
+}
+
+/// Writes the spare file: `len` zero bytes, synced with its size.
+fn create_spare(dir: &Path, len: u64) -> Result<(), WalError> {
+    let path = dir.join(SPARE_FILE_NAME);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| WalError::io(format!("creating {}", path.display()), &e))?;
+    zero_fill(&file, 0, len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| WalError::io(format!("zero-filling {}", path.display()), &e))
+}
+
+/// Deletes a spare file an earlier run left behind.
+fn remove_spare(dir: &Path) -> Result<(), WalError> {
+    let path = dir.join(SPARE_FILE_NAME);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(WalError::io(format!("removing {}", path.display()), &e)),
+    }
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(usize::try_from(to.saturating_sub(from)).unwrap_or(CHUNK))];
+    let mut at = from;
+    while at < to {
+        let n = zeros.len().min(usize::try_from(to - at).unwrap_or(zeros.len()));
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Syncs the active segment's data (and, in tests, fails on request).
@@ -431,6 +558,11 @@ impl SegmentReader {
             };
             let mut frame = vec![0u8; format::FRAME_HEADER_LEN];
             match reader.read_exact(&mut frame) {
+                // Zeros past the records of a preallocated segment.
+                Ok(()) if frame.iter().all(|&byte| byte == 0) => {
+                    self.current = None;
+                    continue;
+                }
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     self.current = None;
@@ -520,8 +652,9 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     Ok(segments)
 }
 
-/// Creates a segment file holding only its header, durably (file and directory synced).
-fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<Segment, WalError> {
+/// Creates a segment file holding its header, zero-filled to `fill` bytes if that is longer,
+/// durably (file and directory synced).
+fn create_segment(dir: &Path, first_lsn: Lsn, fill: u64) -> Result<Segment, WalError> {
     let path = dir.join(format::segment_file_name(first_lsn));
     let mut file = OpenOptions::new()
         .create(true)
@@ -530,7 +663,8 @@ fn create_segment(dir: &Path, first_lsn: Lsn) -> Result<Segment, WalError> {
         .open(&path)
         .map_err(|e| WalError::io(format!("creating {}", path.display()), &e))?;
     file.write_all(&format::encode_segment_header(first_lsn))
-        .and_then(|()| file.sync_data())
+        .and_then(|()| zero_fill(&file, format::SEGMENT_HEADER_LEN as u64, fill))
+        .and_then(|()| file.sync_all())
         .map_err(|e| WalError::io(format!("writing the header of {}", path.display()), &e))?;
     sync_dir(dir)?;
     Ok(Segment { first_lsn, path })
@@ -542,10 +676,12 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
         .map_err(|e| WalError::io(format!("syncing directory {}", dir.display()), &e))
 }
 
-/// Validates every segment in order and repairs a torn tail in the last one. Returns the LSN of
-/// the last valid record (`first_lsn - 1` of the first segment if there is none).
-fn recover_segments(segments: &[Segment]) -> Result<Lsn, WalError> {
+/// Validates every segment in order and repairs a torn tail in the last one: cut off, or, in a
+/// preallocated log, zeroed. Returns the LSN of the last valid record (`first_lsn - 1` of the
+/// first segment if there is none) and the byte offset where the last segment's records end.
+fn recover_segments(segments: &[Segment], preallocate: bool) -> Result<(Lsn, u64), WalError> {
     let mut expected = segments.first().map_or(Lsn(1), |s| s.first_lsn);
+    let mut end = format::SEGMENT_HEADER_LEN;
     for (index, segment) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         let corrupt = |offset: u64, detail: String| WalError::Corrupt {
@@ -575,10 +711,14 @@ fn recover_segments(segments: &[Segment]) -> Result<Lsn, WalError> {
             // A crash while creating the last segment leaves it short or with a torn header and
             // nothing after it: write the header again.
             Err(format::HeaderError::Short | format::HeaderError::Invalid(_))
-                if is_last && bytes.len() <= format::SEGMENT_HEADER_LEN =>
+                if is_last
+                    && bytes
+                        .get(format::SEGMENT_HEADER_LEN..)
+                        .is_none_or(|rest| rest.iter().all(|&byte| byte == 0)) =>
             {
                 tracing::warn!(path = %segment.path.display(), "rewriting the torn header of the last segment");
                 rewrite_header(segment)?;
+                end = format::SEGMENT_HEADER_LEN;
                 continue;
             }
             Err(format::HeaderError::UnsupportedVersion(version)) => {
@@ -607,6 +747,15 @@ fn recover_segments(segments: &[Segment]) -> Result<Lsn, WalError> {
                 Decoded::Incomplete => "record ends early".to_string(),
                 Decoded::Invalid(detail) => detail,
             };
+            // The zeros of a preallocated segment past its records (no frame header is all
+            // zeros: LSNs start at 1).
+            if bytes[offset..].iter().all(|&byte| byte == 0) {
+                // A log that grows by appends keeps its files exactly its records.
+                if is_last && !preallocate {
+                    truncate_file(&segment.path, offset as u64)?;
+                }
+                break;
+            }
             if !is_last {
                 return Err(corrupt(offset as u64, problem));
             }
@@ -616,17 +765,24 @@ fn recover_segments(segments: &[Segment]) -> Result<Lsn, WalError> {
                     format!("{problem}, yet a valid record follows at offset {good}"),
                 ));
             }
+            // Everything after `offset` up to the last non-zero byte is the torn write.
+            let torn_end = bytes.iter().rposition(|&byte| byte != 0).map_or(offset, |at| at + 1);
             tracing::warn!(
                 path = %segment.path.display(),
                 offset,
-                dropped_bytes = bytes.len() - offset,
-                "truncating a torn tail"
+                dropped_bytes = torn_end - offset,
+                "cutting off a torn tail"
             );
-            truncate_file(&segment.path, offset as u64)?;
+            if preallocate {
+                zero_file_range(&segment.path, offset as u64, torn_end as u64)?;
+            } else {
+                truncate_file(&segment.path, offset as u64)?;
+            }
             break;
         }
+        end = offset;
     }
-    Ok(Lsn(expected.0 - 1))
+    Ok((Lsn(expected.0 - 1), end as u64))
 }
 
 /// Looks for a valid record starting anywhere after `bad` whose LSN could belong to this log
@@ -649,16 +805,24 @@ fn valid_record_after(bytes: &[u8], bad: usize, expected: Lsn) -> Option<usize> 
 }
 
 fn rewrite_header(segment: &Segment) -> Result<(), WalError> {
-    let mut file = OpenOptions::new()
+    // Written in place: a preallocated segment keeps its zero-filled length.
+    let file = OpenOptions::new()
         .write(true)
-        .truncate(true)
         .open(&segment.path)
         .map_err(|e| WalError::io(format!("opening {}", segment.path.display()), &e))?;
-    file.write_all(&format::encode_segment_header(segment.first_lsn))
+    file.write_all_at(&format::encode_segment_header(segment.first_lsn), 0)
         .and_then(|()| file.sync_data())
         .map_err(|e| {
             WalError::io(format!("rewriting the header of {}", segment.path.display()), &e)
         })
+}
+
+fn zero_file_range(path: &Path, from: u64, to: u64) -> Result<(), WalError> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|file| zero_fill(&file, from, to).and_then(|()| file.sync_data()))
+        .map_err(|e| WalError::io(format!("zeroing {} from byte {from}", path.display()), &e))
 }
 
 fn truncate_file(path: &Path, len: u64) -> Result<(), WalError> {

@@ -23,7 +23,9 @@
 //! | 16     | len   | payload                                           |
 //!
 //! Records within a segment have consecutive LSNs starting at the header's first LSN, and each
-//! segment starts right after the previous one's last record.
+//! segment starts right after the previous one's last record. A segment may be longer than its
+//! records: zero bytes after the last record (a preallocated segment) end it. No frame header is
+//! all zeros, since LSNs start at 1.
 
 use crate::Lsn;
 

@@ -52,8 +52,11 @@ impl Harness for FileHarness {
     }
 
     fn open(&mut self) -> FileWal {
-        let options =
-            FileWalOptions { segment_bytes: SEGMENT_BYTES, max_record_bytes: MAX_RECORD_BYTES };
+        let options = FileWalOptions {
+            segment_bytes: SEGMENT_BYTES,
+            max_record_bytes: MAX_RECORD_BYTES,
+            preallocate: true,
+        };
         FileWal::open(self.dir.path(), options).expect("open the file log")
     }
 

@@ -21,8 +21,10 @@ const ONE_SEGMENT: u64 = 1 << 20;
 /// Segments of a few 40-byte records each.
 const SMALL_SEGMENT: u64 = 256;
 
+/// Logs that grow by appends, so the files hold exactly the records (the preallocated layout
+/// has its own tests at the end).
 fn options(segment_bytes: u64) -> FileWalOptions {
-    FileWalOptions { segment_bytes, max_record_bytes: MAX_RECORD_BYTES }
+    FileWalOptions { segment_bytes, max_record_bytes: MAX_RECORD_BYTES, preallocate: false }
 }
 
 fn new_dir() -> TempDir {
@@ -578,4 +580,120 @@ async fn reopen_after_truncate_before_starts_at_the_first_kept_segment() {
     assert_eq!(wal.first_lsn(), first, "first_lsn after the second reopen");
     assert_records(&read_all(&wal), first.0, &with_new, "after the second reopen");
     wal.close().expect("close");
+}
+
+// The preallocated layout: segments zero-filled to their full size and written in place.
+
+fn open_preallocated(dir: &Path, segment_bytes: u64) -> FileWal {
+    let options =
+        FileWalOptions { segment_bytes, max_record_bytes: MAX_RECORD_BYTES, preallocate: true };
+    FileWal::open(dir, options).expect("open the preallocated log")
+}
+
+/// Writes `payloads` as records 1, 2, ... of a new preallocated log, one sync each, and closes it.
+async fn write_preallocated_log(dir: &Path, segment_bytes: u64, payloads: &[Vec<u8>]) {
+    let wal = open_preallocated(dir, segment_bytes);
+    for payload in payloads {
+        wal.append_durable(payload).await.expect("append_durable");
+    }
+    wal.close().expect("close");
+}
+
+/// Every segment is at least its configured size, the records sit at the front of each, and a
+/// reopen (which deletes the spare next segment) reads them all and continues.
+#[tokio::test]
+async fn preallocated_segments_are_full_size_and_read_back_across_rolls() {
+    let payloads: Vec<_> = (0..40).map(|index| payload(index, 40)).collect();
+    let dir = new_dir();
+    write_preallocated_log(dir.path(), SMALL_SEGMENT, &payloads).await;
+    let written = segments(dir.path());
+    assert!(written.len() >= 4, "the log should span several segments, has {}", written.len());
+    for (_, path) in &written {
+        let len = fs::metadata(path).expect("segment metadata").len();
+        assert!(len >= SMALL_SEGMENT, "{} holds {len} bytes", path.display());
+    }
+    assert!(dir.path().join("next-segment.spare").exists(), "no spare segment was prepared");
+
+    let wal = open_preallocated(dir.path(), SMALL_SEGMENT);
+    assert!(!dir.path().join("next-segment.spare").exists() || wal.last_lsn() == Lsn(40));
+    assert_records(&read_all(&wal), 1, &payloads, "reopened");
+    assert_eq!(wal.append_durable(b"after").await.expect("append_durable"), Lsn(41));
+    wal.close().expect("close");
+    let wal = open_preallocated(dir.path(), SMALL_SEGMENT);
+    assert_eq!(wal.last_lsn(), Lsn(41));
+    wal.close().expect("close");
+}
+
+/// A last record torn at any byte, with zeros (never written) or garbage (a torn write) after
+/// the cut, is dropped on open: its bytes are zeroed, the file keeps its preallocated size, and
+/// the next append takes the dropped record's LSN and survives a reopen.
+#[tokio::test]
+async fn preallocated_torn_tail_is_zeroed_and_the_log_continues() {
+    let payloads = payloads(&[13, 0, 40, 7, 29]);
+    let original = new_dir();
+    write_preallocated_log(original.path(), ONE_SEGMENT, &payloads).await;
+    let name = format::segment_file_name(Lsn(1));
+    let bytes = fs::read(original.path().join(&name)).expect("read the segment");
+    assert_eq!(bytes.len() as u64, ONE_SEGMENT, "the segment is preallocated");
+    let (last_start, last_end) = *record_spans(&payloads).last().unwrap();
+    assert!(bytes[last_end..].iter().all(|&byte| byte == 0), "zeros after the records");
+    let kept = &payloads[..payloads.len() - 1];
+
+    for cut in last_start..last_end {
+        for (what, filler) in
+            [("zeros", vec![0; last_end - cut]), ("garbage", garbage(cut as u64, last_end - cut))]
+        {
+            let context = format!("last record torn at byte {cut} with {what} after it");
+            let dir = new_dir();
+            let path = dir.path().join(&name);
+            let mut torn = bytes.clone();
+            torn[cut..last_end].copy_from_slice(&filler);
+            fs::write(&path, &torn).expect("write the torn segment");
+
+            let wal = open_preallocated(dir.path(), ONE_SEGMENT);
+            assert_records(&read_all(&wal), 1, kept, &context);
+            assert_eq!(wal.last_lsn(), Lsn(kept.len() as u64), "{context}: last_lsn");
+            let repaired = fs::read(&path).expect("read the repaired segment");
+            assert_eq!(repaired.len() as u64, ONE_SEGMENT, "{context}: size kept");
+            assert!(repaired[last_start..].iter().all(|&byte| byte == 0), "{context}: not zeroed");
+            let lsn = wal.append_durable(b"after recovery").await.expect("append_durable");
+            assert_eq!(lsn, Lsn(payloads.len() as u64), "{context}: LSN after recovery");
+            wal.close().expect("close");
+
+            let mut with_new = kept.to_vec();
+            with_new.push(b"after recovery".to_vec());
+            let wal = open_preallocated(dir.path(), ONE_SEGMENT);
+            assert_records(&read_all(&wal), 1, &with_new, &format!("{context}, reopened"));
+            wal.close().expect("close");
+        }
+    }
+}
+
+/// Zeros where a record should be, with a valid record after them, are corruption (a lost
+/// write), not the end of the segment.
+#[tokio::test]
+async fn preallocated_zeros_before_a_valid_record_are_corruption() {
+    let payloads = payloads(&[13, 20, 40, 7]);
+    let original = new_dir();
+    write_preallocated_log(original.path(), ONE_SEGMENT, &payloads).await;
+    let name = format::segment_file_name(Lsn(1));
+    let path = original.path().join(&name);
+    let (start, end) = record_spans(&payloads)[2];
+    let dir = damaged_copy(original.path(), |file, bytes| {
+        if file == name {
+            bytes[start..end].fill(0);
+        }
+    });
+    let error = match FileWal::open(
+        dir.path(),
+        FileWalOptions {
+            segment_bytes: ONE_SEGMENT,
+            max_record_bytes: MAX_RECORD_BYTES,
+            preallocate: true,
+        },
+    ) {
+        Ok(_) => panic!("a log with a zeroed record before a valid one opened"),
+        Err(error) => error,
+    };
+    assert_corrupt_at(error, &dir.path().join(path.file_name().unwrap()), start, "zeroed record");
 }
