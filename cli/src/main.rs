@@ -44,6 +44,12 @@ enum Command {
     EchoServer(servers::EchoServerArgs),
 }
 
+/// mimalloc rather than glibc's malloc: under `concord bench` glibc's malloc and free were ~12%
+/// of all CPU time (perf), most of it in consolidation and bin management that mimalloc's
+/// per-thread free lists avoid. See docs/performance.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The exit status for a usage error (sysexits' EX_USAGE), distinct from `submit`'s 2,
 /// "outcome unknown".
 const EXIT_USAGE: u8 = 64;
