@@ -145,7 +145,10 @@ impl<W: Wal, S: Store> Node<W, S> {
                 NodeError::Fatal(format!("write-ahead log record at LSN {}: {e}", record.lsn))
             })?;
             for (version, writes) in engine.replay(record.lsn.0, decoded) {
-                store.apply(&writes, version)?;
+                let unapplied = unapplied_writes(&store, writes, version)?;
+                if !unapplied.is_empty() {
+                    store.apply(&unapplied, version)?;
+                }
             }
             replayed += 1;
         }
@@ -467,6 +470,25 @@ async fn run_applier<W: Wal, S: Store>(
             let _ = job.done.send(result);
         }
     }
+}
+
+/// The writes of the commit at `version` that the store does not hold yet: a key whose stored
+/// version is this commit's or a later one's already has it (or what overwrote it). Replay
+/// re-applies only those, so recovery over a log whose commits the store already holds reads
+/// instead of writing (and leaves the store nothing new to flush).
+fn unapplied_writes<S: Store>(
+    store: &S,
+    writes: Vec<Write>,
+    version: u64,
+) -> Result<Vec<Write>, NodeError> {
+    let mut unapplied = Vec::with_capacity(writes.len());
+    for write in writes {
+        let held = store.get(&write.key)?.is_some_and(|stored| stored.version >= version);
+        if !held {
+            unapplied.push(write);
+        }
+    }
+    Ok(unapplied)
 }
 
 /// Planted bugs (test builds only, `CONCORD_PLANTED_BUGS`) that alter a branch's operations,
