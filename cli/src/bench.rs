@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -85,6 +85,15 @@ pub struct BenchArgs {
     /// Submit with one unary call per transaction instead of over a SubmitStream.
     #[arg(long)]
     unary: bool,
+    /// After the measured window, with the load still running, kill every local server with
+    /// SIGKILL and time each one's restart until it serves again (recovery from its log).
+    #[arg(long)]
+    kill_and_restart: bool,
+    /// Instead of the workload: commit this many transactions (at most 100,000, the
+    /// coordinator's bound) whose Commits stand-in participants hold, SIGKILL the coordinator,
+    /// and time its restart and the delivery of every Commit.
+    #[arg(long)]
+    undelivered: Option<u64>,
     /// Data and logs of the local servers (wiped at start).
     #[arg(long, default_value = "concord-data/bench")]
     data_dir: PathBuf,
@@ -116,6 +125,25 @@ struct Figures {
     cpu_us_per_txn: Option<f64>,
     /// The same, per process (`bench` is the load generator).
     cpu_us_per_txn_by_process: Vec<(String, f64)>,
+    /// Memory and disk of each local server over the measured window.
+    resources: Vec<Resources>,
+    /// With --kill-and-restart: each server's time from restart to serving, in seconds.
+    restart_seconds: Vec<(String, f64)>,
+}
+
+/// One local server's memory and disk over the measured window, sampled every second.
+#[derive(Clone, Debug, Default, Serialize)]
+struct Resources {
+    name: String,
+    /// Resident memory at the window's start, its peak, and at its end (MiB).
+    rss_mib_start: f64,
+    rss_mib_max: f64,
+    rss_mib_end: f64,
+    /// Bytes of its write-ahead log directory (preallocated segments count in full; MiB).
+    wal_mib_max: f64,
+    wal_mib_end: f64,
+    /// Bytes of its store directory (participants; MiB).
+    store_mib_end: f64,
 }
 
 /// The echo ceiling.
@@ -156,6 +184,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let most = workloads.iter().map(|(n, _)| *n).max().unwrap_or(1);
     let local = args.coordinator.is_none();
     prepare_data_dir(&args.data_dir, false, "bench")?;
+    if let Some(count) = args.undelivered {
+        return undelivered(&exe, &args, count).await;
+    }
 
     let echo = if args.no_echo { None } else { Some(echo_ceiling(&exe, &args).await?) };
     if let (Some(echo), false) = (&echo, args.json) {
@@ -187,13 +218,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 submit_margin: Duration::from_secs(5),
             },
         )?;
-        let mut pids: Vec<(String, u32)> = vec![("bench".to_string(), std::process::id())];
-        pids.extend(cluster.servers().filter_map(|s| Some((s.name().to_string(), s.pid()?))));
         let mut results = Vec::new();
         for (participants, keys) in &workloads {
-            let figures =
-                measure(&client, &names[..*participants], *keys, &args, local.then_some(&pids))
-                    .await?;
+            let figures = measure(
+                &client,
+                &names[..*participants],
+                *keys,
+                &args,
+                local.then_some(&mut cluster),
+            )
+            .await?;
             if !args.json {
                 eprintln!("{}", line(&figures));
             }
@@ -210,7 +244,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--undelivered`: see [`crate::undelivered`].
+#[allow(clippy::print_stdout)]
+async fn undelivered(exe: &Path, args: &BenchArgs, count: u64) -> anyhow::Result<ExitCode> {
+    let report = crate::undelivered::run(exe, &args.data_dir, count).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} committed transactions awaiting Commit delivery (built in {:.1} s): coordinator \
+             log {:.0} MiB, RSS {:.0} MiB; after SIGKILL, serving again {:.2} s after its \
+             restart, every Commit delivered {:.2} s after it (RSS then {:.0} MiB)",
+            report.awaiting_delivery,
+            report.fill_seconds,
+            report.coordinator_log_mib,
+            report.coordinator_rss_mib_before_kill,
+            report.restart_to_serving_seconds,
+            report.restart_to_delivered_seconds,
+            report.coordinator_rss_mib_after,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn validate(args: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(count) = args.undelivered {
+        let max = crate::undelivered::MAX_UNDELIVERED;
+        if count == 0 || count > max {
+            anyhow::bail!("--undelivered must be 1 to {max}, got {count}");
+        }
+        if args.coordinator.is_some() || args.matrix || args.kill_and_restart {
+            anyhow::bail!(
+                "--undelivered runs its own coordinator and stand-in participants; it does not \
+                 go with --coordinator, --matrix or --kill-and-restart"
+            );
+        }
+    }
     if args.inflight == 0 || args.inflight > MAX_INFLIGHT {
         anyhow::bail!("--inflight must be 1 to {MAX_INFLIGHT}, got {}", args.inflight);
     }
@@ -230,6 +299,11 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
                 "--coordinator needs --participant-name for each of the {wanted} participants \
                  the workload writes at (got {})",
                 args.participant_names.len()
+            );
+        }
+        if args.kill_and_restart {
+            anyhow::bail!(
+                "--kill-and-restart needs local servers; it does not go with --coordinator"
             );
         }
     } else if !args.participant_names.is_empty() {
@@ -344,9 +418,15 @@ async fn measure(
     participants: &[String],
     keys: Keys,
     args: &BenchArgs,
-    pids: Option<&Vec<(String, u32)>>,
+    cluster: Option<&mut LocalCluster>,
 ) -> anyhow::Result<Figures> {
+    let mut pids: Vec<(String, u32)> = vec![("bench".to_string(), std::process::id())];
+    if let Some(cluster) = &cluster {
+        pids.extend(cluster.servers().filter_map(|s| Some((s.name().to_string(), s.pid()?))));
+    }
+    let pids = cluster.is_some().then_some(&pids);
     let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
     let window = Window::new(args.warmup, args.duration);
     let run = format!("{:x}", clock_seed());
     let participants: Arc<Vec<String>> = Arc::new(participants.to_vec());
@@ -357,8 +437,12 @@ async fn measure(
     };
     let mut tasks = tokio::task::JoinSet::new();
     for slot in 0..args.inflight {
-        let (client, stop, participants) =
-            (submitter.clone(), Arc::clone(&stop), Arc::clone(&participants));
+        let (client, stop, participants, committed) = (
+            submitter.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&participants),
+            Arc::clone(&committed),
+        );
         let run = format!("{run}-{slot}");
         let hot_keys = args.hot_keys as u64;
         tasks.spawn(async move {
@@ -386,6 +470,9 @@ async fn measure(
                 let started = Instant::now();
                 let result = client.submit(&txn).await;
                 let finished = Instant::now();
+                if matches!(&result, Ok(s) if s.outcome == Outcome::Committed) {
+                    committed.fetch_add(1, Ordering::Relaxed);
+                }
                 if !window.contains(started, finished) {
                     continue;
                 }
@@ -406,9 +493,25 @@ async fn measure(
     }
     tokio::time::sleep_until(window.start.into()).await;
     let cpu_before = pids.map(|pids| cpu_ticks(pids));
-    tokio::time::sleep_until(window.end.into()).await;
+    let servers: Vec<(String, u32)> = pids.map_or_else(Vec::new, |p| p[1..].to_vec());
+    let resources = sample_resources(&servers, &args.data_dir, window, &committed, args.json).await;
     let cpu_after = pids.map(|pids| cpu_ticks(pids));
+    // Workers stop starting transactions; the ones in flight are still outstanding when the
+    // servers are killed, and no new ones compete with the restarts for CPU.
     stop.store(true, Ordering::Relaxed);
+    let mut restart_seconds = Vec::new();
+    if let (true, Some(cluster)) = (args.kill_and_restart, cluster) {
+        let exe = std::env::current_exe().context("finding the concord binary")?;
+        for (name, took) in cluster.kill_and_restart(&exe, &args.data_dir).await? {
+            if !args.json {
+                eprintln!(
+                    "  {name}: killed under load, serving again {:.2} s after its restart",
+                    took.as_secs_f64()
+                );
+            }
+            restart_seconds.push((name, took.as_secs_f64()));
+        }
+    }
     let mut total = Tally::default();
     while let Some(joined) = tasks.join_next().await {
         let tally = joined.context("a bench worker failed")?;
@@ -447,7 +550,86 @@ async fn measure(
         max_ms: ms(total.latency.max()),
         cpu_us_per_txn,
         cpu_us_per_txn_by_process,
+        resources,
+        restart_seconds,
     })
+}
+
+/// Samples every server's memory and disk each second until the window ends; with a long
+/// window, prints a progress line every minute (committed/s over that minute, RSS, log size).
+async fn sample_resources(
+    servers: &[(String, u32)],
+    data_dir: &Path,
+    window: Window,
+    committed: &AtomicU64,
+    quiet: bool,
+) -> Vec<Resources> {
+    const EVERY: Duration = Duration::from_secs(1);
+    const PROGRESS: Duration = Duration::from_secs(60);
+    let mut resources: Vec<Resources> = servers
+        .iter()
+        .map(|(name, _)| Resources { name: name.clone(), ..Resources::default() })
+        .collect();
+    let mut last_progress = (Instant::now(), committed.load(Ordering::Relaxed));
+    let mut first = true;
+    loop {
+        let now = Instant::now();
+        for ((name, pid), r) in servers.iter().zip(resources.iter_mut()) {
+            let rss = rss_mib(*pid).unwrap_or(0.0);
+            let wal = dir_mib(&data_dir.join(name).join("wal"));
+            if first {
+                r.rss_mib_start = rss;
+            }
+            r.rss_mib_max = r.rss_mib_max.max(rss);
+            r.rss_mib_end = rss;
+            r.wal_mib_max = r.wal_mib_max.max(wal);
+            r.wal_mib_end = wal;
+            r.store_mib_end = dir_mib(&data_dir.join(name).join("store"));
+        }
+        first = false;
+        if !quiet && now.duration_since(last_progress.0) >= PROGRESS {
+            let total = committed.load(Ordering::Relaxed);
+            let rate = (total - last_progress.1) as f64
+                / now.duration_since(last_progress.0).as_secs_f64();
+            let each: Vec<String> = resources
+                .iter()
+                .map(|r| {
+                    format!("{} RSS {:.0} MiB, log {:.0} MiB", r.name, r.rss_mib_end, r.wal_mib_end)
+                })
+                .collect();
+            eprintln!("  {rate:.0} committed/s over the last minute; {}", each.join("; "));
+            last_progress = (now, total);
+        }
+        if now >= window.end {
+            return resources;
+        }
+        tokio::time::sleep(EVERY.min(window.end - now)).await;
+    }
+}
+
+/// Resident memory of `pid` in MiB, from /proc/PID/status.
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Bytes of the files under `dir` (two levels deep is all a log or a sled store uses), in MiB;
+/// 0 if it does not exist.
+pub(crate) fn dir_mib(dir: &Path) -> f64 {
+    fn bytes(dir: &Path, depth: u32) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries
+            .flatten()
+            .map(|entry| match entry.metadata() {
+                Ok(meta) if meta.is_dir() && depth > 0 => bytes(&entry.path(), depth - 1),
+                Ok(meta) if meta.is_file() => meta.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+    bytes(dir, 2) as f64 / (1024.0 * 1024.0)
 }
 
 /// User plus system CPU ticks of each of `pids` (every thread of each; 0 if unreadable).
@@ -549,6 +731,31 @@ fn print_report(
             f.cpu_us_per_txn.map_or("-".to_string(), |c| format!("{c:.0}")),
             ratio(f.committed_per_s).map_or("-".to_string(), |r| format!("{r:.3}")),
         );
+    }
+    for f in workloads.iter().filter(|f| !f.resources.is_empty()) {
+        println!(
+            "resources, {} participant(s) {:?}: {}",
+            f.participants,
+            f.keys,
+            f.resources
+                .iter()
+                .map(|r| format!(
+                    "{} RSS {:.0}/{:.0}/{:.0} MiB (start/max/end), log {:.0} MiB max, store {:.0} MiB",
+                    r.name, r.rss_mib_start, r.rss_mib_max, r.rss_mib_end, r.wal_mib_max, r.store_mib_end
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        if !f.restart_seconds.is_empty() {
+            println!(
+                "restart after SIGKILL under load, to serving: {}",
+                f.restart_seconds
+                    .iter()
+                    .map(|(name, s)| format!("{name} {s:.2} s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     if let Some(echo) = &echo {
         println!(

@@ -19,6 +19,10 @@ pub struct LocalCluster {
     pub participants: Vec<Server>,
     /// The coordinator, once started.
     pub coordinator: Option<Server>,
+    /// Where the coordinator listens (the participants' `--coordinator`), once chosen.
+    coordinator_address: Option<SocketAddr>,
+    /// The coordinator's extra arguments, for a restart.
+    coordinator_args: Vec<String>,
 }
 
 impl LocalCluster {
@@ -52,6 +56,8 @@ impl LocalCluster {
             let reservation = std::net::TcpListener::bind("127.0.0.1:0")
                 .context("reserving a port for the coordinator")?;
             let coordinator_address = reservation.local_addr()?;
+            self.coordinator_address = Some(coordinator_address);
+            self.coordinator_args = coordinator_args.to_vec();
             for name in names {
                 let args: Vec<OsString> = vec![
                     "participant".into(),
@@ -112,6 +118,58 @@ impl LocalCluster {
             notes.extend(server.stop().await);
         }
         notes
+    }
+
+    /// Kills every server with SIGKILL (by its pid, all before any restarts), then starts each
+    /// again on its address and data directory, participants first. Returns each server's name
+    /// and the time from its start to serving (its recovery from the log, and the process's
+    /// start-up).
+    pub async fn kill_and_restart(
+        &mut self,
+        exe: &Path,
+        data_dir: &Path,
+    ) -> anyhow::Result<Vec<(String, std::time::Duration)>> {
+        let mut killed = Vec::new();
+        let servers: Vec<Server> =
+            self.participants.drain(..).chain(self.coordinator.take()).collect();
+        for server in servers {
+            let (name, address) = (server.name().to_string(), server.address());
+            server.kill().await?;
+            killed.push((name, address));
+        }
+        let mut restarted = Vec::new();
+        for (name, address) in killed {
+            let is_coordinator = name == "coordinator";
+            let mut args: Vec<OsString> = vec![
+                if is_coordinator { "coordinator" } else { "participant" }.into(),
+                "--listen".into(),
+                address.to_string().into(),
+                "--data-dir".into(),
+                data_dir.join(&name).into(),
+            ];
+            if is_coordinator {
+                for server in &self.participants {
+                    args.push("--participant".into());
+                    args.push(format!("{}={}", server.name(), server.address()).into());
+                }
+                args.extend(self.coordinator_args.iter().map(OsString::from));
+            } else {
+                args.extend(["--name".into(), name.clone().into(), "--coordinator".into()]);
+                args.push(
+                    self.coordinator_address.context("no coordinator address")?.to_string().into(),
+                );
+            }
+            let label = if is_coordinator { name.clone() } else { format!("participant {name}") };
+            let started = std::time::Instant::now();
+            let server = start_server(exe, label, &name, args, data_dir).await?;
+            restarted.push((name, started.elapsed()));
+            if is_coordinator {
+                self.coordinator = Some(server);
+            } else {
+                self.participants.push(server);
+            }
+        }
+        Ok(restarted)
     }
 
     /// Servers that have exited on their own, with how they ended.

@@ -10,6 +10,7 @@ mod demo;
 mod local;
 mod servers;
 mod txn;
+mod undelivered;
 
 use clap::{Parser, Subcommand};
 
