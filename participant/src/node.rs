@@ -436,6 +436,7 @@ impl<W: Wal, S: Store> Node<W, S> {
 }
 
 /// Applies committed writes once their record is durable, then releases the branch's locks.
+/// Every commit taken in one batch goes to the store in one [`Store::apply_all`].
 async fn run_applier<W: Wal, S: Store>(
     node: Arc<Node<W, S>>,
     mut jobs: mpsc::UnboundedReceiver<ApplyJob>,
@@ -444,28 +445,31 @@ async fn run_applier<W: Wal, S: Store>(
     // `recv_many` takes whatever is queued, so one durability wait covers the whole batch.
     while jobs.recv_many(&mut batch, 1024).await > 0 {
         let Some(highest) = batch.iter().map(|job| job.lsn).max() else { continue };
-        let durable = node.wait_durable(highest).await;
+        let applied = node.wait_durable(highest).await.and_then(|()| {
+            let commits: Vec<(&[Write], u64)> =
+                batch.iter().map(|job| (planted_writes(&job.writes), job.lsn)).collect();
+            node.failpoint("participant.before_apply")
+                .and_then(|()| node.store.apply_all(&commits).map_err(Into::into))
+                .and_then(|()| node.failpoint("participant.after_apply"))
+                .map_err(|error| node.check_fatal(error))
+        });
+        if applied.is_ok() {
+            {
+                let mut engine = node.engine();
+                for job in &batch {
+                    engine.commit_applied(&job.txn);
+                }
+            }
+            node.applied.send_if_modified(|applied| {
+                let advanced = highest > *applied;
+                *applied = (*applied).max(highest);
+                advanced
+            });
+        }
         for job in batch.drain(..) {
-            let result = match &durable {
+            let result = match &applied {
+                Ok(()) => Ok(()),
                 Err(error) => Err(NodeError::Fatal(error.to_string())),
-                Ok(()) => match node
-                    .failpoint("participant.before_apply")
-                    .and_then(|()| {
-                        node.store.apply(planted_writes(&job.writes), job.lsn).map_err(Into::into)
-                    })
-                    .and_then(|()| node.failpoint("participant.after_apply"))
-                {
-                    Ok(()) => {
-                        node.engine().commit_applied(&job.txn);
-                        node.applied.send_if_modified(|applied| {
-                            let advanced = job.lsn > *applied;
-                            *applied = (*applied).max(job.lsn);
-                            advanced
-                        });
-                        Ok(())
-                    }
-                    Err(error) => Err(node.check_fatal(error)),
-                },
             };
             let _ = job.done.send(result);
         }
@@ -473,9 +477,10 @@ async fn run_applier<W: Wal, S: Store>(
 }
 
 /// The writes of the commit at `version` that the store does not hold yet: a key whose stored
-/// version is this commit's or a later one's already has it (or what overwrote it). Replay
-/// re-applies only those, so recovery over a log whose commits the store already holds reads
-/// instead of writing (and leaves the store nothing new to flush).
+/// version is this commit's or a later one's already has it (or what overwrote it; versions
+/// are this log's LSNs, so they only grow). Replay re-applies only those, so recovery over a
+/// log whose commits the store already holds reads instead of writing (and leaves the store
+/// nothing new to flush).
 fn unapplied_writes<S: Store>(
     store: &S,
     writes: Vec<Write>,

@@ -193,6 +193,30 @@ mod checks {
         assert_eq!(store.scan(b"", None, 10).unwrap(), vec![(b"b".to_vec(), versioned(1, b"2"))]);
     }
 
+    pub fn apply_all_equals_one_apply_per_commit(store: &impl Store) {
+        store.apply(&[put(b"gone", b"0"), put(b"kept", b"0")], 1).unwrap();
+        // A single write (the plain insert path), a several-key commit, a delete, and a key
+        // two commits write (the later one, in LSN order, wins).
+        let single = [put(b"a", b"1")];
+        let several = [put(b"b", b"2"), put(b"c", b"3"), delete(b"gone")];
+        let later = [put(b"c", b"4")];
+        store.apply_all(&[(&single, 2), (&several, 3), (&later, 4)]).unwrap();
+        assert_eq!(
+            store.scan(b"", None, 10).unwrap(),
+            vec![
+                (b"a".to_vec(), versioned(2, b"1")),
+                (b"b".to_vec(), versioned(3, b"2")),
+                (b"c".to_vec(), versioned(4, b"4")),
+                (b"kept".to_vec(), versioned(1, b"0")),
+            ]
+        );
+        // One commit of one delete, alone.
+        store.apply_all(&[(&[delete(b"a")], 5)]).unwrap();
+        assert_eq!(store.get(b"a").unwrap(), None);
+        store.apply_all(&[]).unwrap();
+        assert_eq!(store.scan(b"", None, 10).unwrap().len(), 3);
+    }
+
     pub fn concurrent_applies_from_many_threads_all_land(store: &impl Store) {
         const THREADS: u64 = 4;
         const BATCHES: u64 = 50;
@@ -294,6 +318,12 @@ macro_rules! conformance_suite {
             #[test]
             fn sync_keeps_the_applied_state() {
                 checks::sync_keeps_the_applied_state(&$open.store);
+            }
+
+            /// Several commits applied together end as one apply per commit, in order.
+            #[test]
+            fn apply_all_equals_one_apply_per_commit() {
+                checks::apply_all_equals_one_apply_per_commit(&$open.store);
             }
 
             /// Applies racing from several threads all take effect, none torn.

@@ -89,6 +89,17 @@ pub trait Store: Send + Sync + 'static {
     /// state; apply therefore overwrites whatever is stored, whatever its version.
     fn apply(&self, writes: &[Write], version: u64) -> Result<(), StoreError>;
 
+    /// Applies several commits, `(writes, version)` in LSN order, each atomically as
+    /// [`Store::apply`] would (a store may apply them all as one atomic unit). The applier
+    /// hands over every commit that became durable together, so a store pays its per-apply
+    /// cost once per batch.
+    fn apply_all(&self, commits: &[(&[Write], u64)]) -> Result<(), StoreError> {
+        for (writes, version) in commits {
+            self.apply(writes, *version)?;
+        }
+        Ok(())
+    }
+
     /// Makes everything applied so far durable. Checkpoints call it before recording their log
     /// position, so that the log records below it may be released. A failed sync is never
     /// retried: the store refuses all later work.
