@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// Data and logs of the local servers (wiped at start).
     #[arg(long, default_value = "concord-data/bench")]
     data_dir: PathBuf,
+    /// Worker threads of each local server (default: this machine's cores divided among the
+    /// servers, at least 1; a server on its own machine defaults to one per core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
@@ -170,6 +174,8 @@ struct Report {
     echo: Option<Echo>,
     workloads: Vec<Figures>,
     cores: usize,
+    /// Worker threads of each local server (None: remote servers).
+    server_worker_threads: Option<usize>,
 }
 
 /// Runs the bench.
@@ -196,6 +202,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    let threads = args
+        .worker_threads
+        .map_or_else(|| crate::local::shared_worker_threads(most + 1), usize::from);
     let mut cluster = LocalCluster::default();
     let outcome = async {
         let (address, names) = match &args.coordinator {
@@ -207,7 +216,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     Vec::new()
                 };
-                cluster.start(&exe, &args.data_dir, &names, &coordinator_args).await?;
+                cluster.start(&exe, &args.data_dir, &names, &coordinator_args, threads).await?;
                 (cluster.coordinator_address()?.to_string(), names)
             }
         };
@@ -240,7 +249,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("  {note}");
     }
     let results = outcome?;
-    print_report(&args, echo, results)?;
+    print_report(&args, echo, results, local.then_some(threads))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -682,6 +691,7 @@ fn print_report(
     args: &BenchArgs,
     echo: Option<Echo>,
     workloads: Vec<Figures>,
+    server_worker_threads: Option<usize>,
 ) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let first = workloads.first().context("no workload ran")?;
@@ -698,6 +708,7 @@ fn print_report(
             echo,
             workloads,
             cores,
+            server_worker_threads,
         };
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -763,6 +774,9 @@ fn print_report(
              ({cores} cores, everything on this machine)",
             echo.calls_per_s, echo.inflight, echo.p50_ms, echo.p99_ms
         );
+    }
+    if let Some(threads) = server_worker_threads {
+        println!("local servers: {threads} worker thread(s) each (--worker-threads)");
     }
     Ok(())
 }

@@ -173,7 +173,8 @@ async fn set_up(
 ) -> anyhow::Result<Setup> {
     eprintln!("concord demo: data and logs in {}", args.data_dir.display());
     let names: Vec<String> = PARTICIPANTS.iter().map(|n| (*n).to_string()).collect();
-    cluster.start(exe, &args.data_dir, &names, &[]).await?;
+    let threads = crate::local::shared_worker_threads(names.len() + 1);
+    cluster.start(exe, &args.data_dir, &names, &[], threads).await?;
     for server in cluster.servers() {
         eprintln!("  {:<22} {}", server.label(), server.address());
     }

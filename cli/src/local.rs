@@ -23,6 +23,16 @@ pub struct LocalCluster {
     coordinator_address: Option<SocketAddr>,
     /// The coordinator's extra arguments, for a restart.
     coordinator_args: Vec<String>,
+    /// Every server's `--worker-threads`.
+    worker_threads: usize,
+}
+
+/// Worker threads for each of `servers` processes sharing this machine: its cores divided
+/// among them, at least one. The servers' own default (one per core) suits a machine of their
+/// own; here it would put several times as many busy threads as cores on the machine.
+pub fn shared_worker_threads(servers: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (cores / servers.max(1)).max(1)
 }
 
 impl LocalCluster {
@@ -51,7 +61,9 @@ impl LocalCluster {
         data_dir: &Path,
         names: &[String],
         coordinator_args: &[String],
+        worker_threads: usize,
     ) -> anyhow::Result<()> {
+        self.worker_threads = worker_threads;
         for attempt in 1..=START_ATTEMPTS {
             let reservation = std::net::TcpListener::bind("127.0.0.1:0")
                 .context("reserving a port for the coordinator")?;
@@ -69,6 +81,8 @@ impl LocalCluster {
                     name.into(),
                     "--coordinator".into(),
                     coordinator_address.to_string().into(),
+                    "--worker-threads".into(),
+                    worker_threads.to_string().into(),
                 ];
                 let server =
                     start_server(exe, format!("participant {name}"), name, args, data_dir).await?;
@@ -80,6 +94,8 @@ impl LocalCluster {
                 coordinator_address.to_string().into(),
                 "--data-dir".into(),
                 data_dir.join("coordinator").into(),
+                "--worker-threads".into(),
+                worker_threads.to_string().into(),
             ];
             for server in &self.participants {
                 args.push("--participant".into());
@@ -146,6 +162,8 @@ impl LocalCluster {
                 address.to_string().into(),
                 "--data-dir".into(),
                 data_dir.join(&name).into(),
+                "--worker-threads".into(),
+                self.worker_threads.to_string().into(),
             ];
             if is_coordinator {
                 for server in &self.participants {

@@ -51,6 +51,18 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The async runtime's worker threads for `command`, when not the machine's core count.
+fn worker_threads(command: &Command) -> Option<usize> {
+    match command {
+        // The load generator is one closed loop: one thread leaves the cores to the servers
+        // it measures.
+        Command::Bench(_) => Some(1),
+        Command::Coordinator(args) => args.worker_threads.map(usize::from),
+        Command::Participant(args) => args.worker_threads.map(usize::from),
+        _ => None,
+    }
+}
+
 /// The exit status for a usage error (sysexits' EX_USAGE), distinct from `submit`'s 2,
 /// "outcome unknown".
 const EXIT_USAGE: u8 = 64;
@@ -67,7 +79,11 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads(&cli.command) {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("concord: cannot start the async runtime: {error}");

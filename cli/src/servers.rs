@@ -17,6 +17,10 @@ use concord_wal::{FileWal, FileWalOptions};
 /// Flags of `concord participant`.
 #[derive(Args, Debug)]
 pub struct ParticipantArgs {
+    /// Threads that run requests (default: one per core). Servers sharing a machine do
+    /// better with fewer: `concord demo` and `concord bench` give each of theirs cores ÷ servers.
+    #[arg(long, env = "CONCORD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Address to serve the participant API on (127.0.0.1:0 picks a free port).
     #[arg(long, env = "CONCORD_LISTEN", default_value = "127.0.0.1:7101")]
     listen: String,
@@ -135,6 +139,10 @@ fn announce(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
 /// Flags of `concord coordinator`.
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
+    /// Threads that run requests (default: one per core). Servers sharing a machine do
+    /// better with fewer: `concord demo` and `concord bench` give each of theirs cores ÷ servers.
+    #[arg(long, env = "CONCORD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Address to serve the coordinator API on (127.0.0.1:0 picks a free port).
     #[arg(long, env = "CONCORD_LISTEN")]
     listen: Option<String>,
