@@ -219,6 +219,46 @@ pub struct ParticipantEngine {
     checkpoint_id: u64,
     /// A checkpoint being replayed, until its end record.
     replaying_checkpoint: Option<ParticipantEngineSnapshot>,
+    /// Records replayed between that checkpoint's begin and end records (appended while its
+    /// body was being written), applied again on top of it at its end.
+    interleaved: Vec<(u64, ParticipantRecord)>,
+}
+
+/// The protocol state a checkpoint captures, taken under the engine's lock together with its
+/// begin record ([`ParticipantEngine::checkpoint_begin`]); its records are built and appended
+/// after the lock is released ([`CheckpointSnapshot::into_records`]).
+#[derive(Debug)]
+pub struct CheckpointSnapshot {
+    id: u64,
+    branches: Vec<CheckpointBranch>,
+    decisions: Vec<CheckpointDecision>,
+}
+
+impl CheckpointSnapshot {
+    /// The checkpoint's body and end records, each at most `max_record_bytes` encoded. Sorting
+    /// and sizing a large snapshot takes a while: call it without holding the engine.
+    #[must_use]
+    pub fn into_records(self, max_record_bytes: usize) -> Vec<ParticipantRecord> {
+        let mut records = Vec::new();
+        chunk(
+            self.branches.into_iter(),
+            max_record_bytes,
+            ParticipantRecord::CheckpointBranches,
+            &mut records,
+        );
+        let mut decisions = self.decisions;
+        decisions.sort_by(|a, b| {
+            (a.forget_after_unix_ms, &a.txn).cmp(&(b.forget_after_unix_ms, &b.txn))
+        });
+        chunk(
+            decisions.into_iter(),
+            max_record_bytes,
+            ParticipantRecord::CheckpointDecisions,
+            &mut records,
+        );
+        records.push(ParticipantRecord::CheckpointEnd { id: self.id });
+        records
+    }
 }
 
 /// Protocol state read from a checkpoint during replay.
@@ -551,34 +591,49 @@ impl ParticipantEngine {
     }
 
     /// The records of a checkpoint of the protocol state, each at most `max_record_bytes`
-    /// encoded. Appended contiguously (under the same lock as every other append) they replace
-    /// all state on replay, so the log below the first of them can be released once the store
-    /// holds every write committed before it.
+    /// encoded: [`ParticipantEngine::checkpoint_begin`] and the snapshot's records. On replay
+    /// they replace all state, and records that fall between the begin and end records apply
+    /// on top; the log below the begin record can be released once the store holds every write
+    /// committed before it.
     #[must_use]
     pub fn checkpoint(
         &mut self,
         now_unix_ms: u64,
         max_record_bytes: usize,
     ) -> Vec<ParticipantRecord> {
+        let (begin, snapshot) = self.checkpoint_begin(now_unix_ms);
+        let mut records = vec![begin];
+        records.extend(snapshot.into_records(max_record_bytes));
+        records
+    }
+
+    /// A checkpoint's begin record and a snapshot of the state it captures. Append the begin
+    /// record under the same lock as the snapshot (its position in the log is the snapshot's
+    /// point), then the snapshot's records whenever: other records may come between them.
+    #[must_use]
+    pub fn checkpoint_begin(&mut self, now_unix_ms: u64) -> (ParticipantRecord, CheckpointSnapshot) {
         self.forget_expired(now_unix_ms);
         self.checkpoint_id += 1;
         let id = self.checkpoint_id;
-        let mut records = vec![ParticipantRecord::CheckpointBegin {
+        let begin = ParticipantRecord::CheckpointBegin {
             id,
             max_epoch: self.max_epoch,
             forgotten_before_unix_ms: self.forgotten_before_unix_ms,
-        }];
-        let branches = self.branches.iter().map(|(txn, b)| CheckpointBranch {
-            txn: txn.clone(),
-            epoch: b.epoch,
-            writes: b.writes.clone(),
-            locked: b.locked.clone(),
-            deadline_unix_ms: b.deadline_unix_ms,
-            prepared_lsn: b.prepared_lsn,
-            commit_lsn: b.commit_lsn,
-        });
-        chunk(branches, max_record_bytes, ParticipantRecord::CheckpointBranches, &mut records);
-        let mut decisions: Vec<CheckpointDecision> = self
+        };
+        let branches = self
+            .branches
+            .iter()
+            .map(|(txn, b)| CheckpointBranch {
+                txn: txn.clone(),
+                epoch: b.epoch,
+                writes: b.writes.clone(),
+                locked: b.locked.clone(),
+                deadline_unix_ms: b.deadline_unix_ms,
+                prepared_lsn: b.prepared_lsn,
+                commit_lsn: b.commit_lsn,
+            })
+            .collect();
+        let decisions = self
             .decided
             .iter()
             .map(|(txn, d)| CheckpointDecision {
@@ -587,23 +642,23 @@ impl ParticipantEngine {
                 forget_after_unix_ms: d.forget_after_unix_ms,
             })
             .collect();
-        decisions.sort_by(|a, b| {
-            (a.forget_after_unix_ms, &a.txn).cmp(&(b.forget_after_unix_ms, &b.txn))
-        });
-        chunk(
-            decisions.into_iter(),
-            max_record_bytes,
-            ParticipantRecord::CheckpointDecisions,
-            &mut records,
-        );
-        records.push(ParticipantRecord::CheckpointEnd { id });
-        records
+        (begin, CheckpointSnapshot { id, branches, decisions })
     }
 
     /// Replays one record read back from the log at `lsn`. Returns writes the driver must apply
     /// to the store (idempotently), each list with the version it takes.
     pub fn replay(&mut self, lsn: u64, record: ParticipantRecord) -> Vec<(u64, Vec<Write>)> {
         let mut apply = Vec::new();
+        let in_checkpoint = matches!(
+            record,
+            ParticipantRecord::CheckpointBegin { .. }
+                | ParticipantRecord::CheckpointBranches(_)
+                | ParticipantRecord::CheckpointDecisions(_)
+                | ParticipantRecord::CheckpointEnd { .. }
+        );
+        if self.replaying_checkpoint.is_some() && !in_checkpoint {
+            self.interleaved.push((lsn, record.clone()));
+        }
         match record {
             ParticipantRecord::Prepared { txn, epoch, writes, locked, deadline_unix_ms } => {
                 self.max_epoch = self.max_epoch.max(epoch);
@@ -647,6 +702,7 @@ impl ParticipantEngine {
                     forgotten_before_unix_ms,
                     ..Default::default()
                 });
+                self.interleaved.clear();
             }
             ParticipantRecord::CheckpointBranches(branches) => {
                 if let Some(snapshot) = &mut self.replaying_checkpoint {
@@ -660,7 +716,12 @@ impl ParticipantEngine {
             }
             ParticipantRecord::CheckpointEnd { id } => {
                 if let Some(snapshot) = self.replaying_checkpoint.take().filter(|s| s.id == id) {
+                    let interleaved = std::mem::take(&mut self.interleaved);
                     apply = self.restore(snapshot);
+                    // What happened while the checkpoint's body was written, on top of it.
+                    for (lsn, record) in interleaved {
+                        apply.extend(self.replay(lsn, record));
+                    }
                 }
             }
         }
@@ -1289,6 +1350,47 @@ mod tests {
                 }
             }
             check(&replayed, &store.store);
+        }
+    }
+
+    /// Records appended while a checkpoint's body is written (between its begin and end
+    /// records) are not lost: replay restores the snapshot taken at the begin record and
+    /// applies them on top, from the start of the log or from the checkpoint alike.
+    #[test]
+    fn records_between_checkpoint_begin_and_end_apply_on_top_of_it() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        world.prepare(&mut engine, prepare_input("before", vec![put("a", "1")]));
+        world.prepare(&mut engine, prepare_input("doubt", vec![put("d", "4")]));
+        let (begin, snapshot) = engine.checkpoint_begin(NOW);
+        world.log.push(begin);
+        let checkpoint_start = world.log.len() - 1;
+        // While the body is being written: a commit of a branch in the snapshot, a new
+        // prepared branch, and an abort barrier.
+        world.commit(&mut engine, "before").unwrap();
+        world.prepare(&mut engine, prepare_input("during", vec![put("b", "2")]));
+        world.abort(&mut engine, "barrier").unwrap();
+        world.log.extend(snapshot.into_records(1024));
+        // And one after the checkpoint.
+        world.prepare(&mut engine, prepare_input("after", vec![put("c", "3")]));
+        let store_at_begin = BTreeMap::new();
+
+        for (start, initial) in [(0, BTreeMap::new()), (checkpoint_start, store_at_begin)] {
+            let mut replayed = ParticipantEngine::default();
+            let mut store = World { store: initial, log: Vec::new() };
+            for (index, record) in world.log.iter().enumerate().skip(start) {
+                for (version, writes) in replayed.replay(index as u64 + 1, record.clone()) {
+                    store.apply(version, &writes);
+                }
+            }
+            let context = format!("replay from record {start}");
+            assert_eq!(replayed.outcome(&txn("before")), Outcome::Committed, "{context}");
+            assert_eq!(store.value("a"), Some(b"1".to_vec()), "{context}");
+            assert_eq!(replayed.lock_holder(b"a"), None, "{context}: released by its commit");
+            assert_eq!(replayed.lock_holder(b"d"), Some(&txn("doubt")), "{context}");
+            assert_eq!(replayed.lock_holder(b"b"), Some(&txn("during")), "{context}");
+            assert_eq!(replayed.lock_holder(b"c"), Some(&txn("after")), "{context}");
+            assert_eq!(replayed.outcome(&txn("barrier")), Outcome::Aborted, "{context}");
+            assert_eq!(replayed.in_doubt(None, 10), engine.in_doubt(None, 10), "{context}");
         }
     }
 
