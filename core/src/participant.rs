@@ -611,7 +611,10 @@ impl ParticipantEngine {
     /// record under the same lock as the snapshot (its position in the log is the snapshot's
     /// point), then the snapshot's records whenever: other records may come between them.
     #[must_use]
-    pub fn checkpoint_begin(&mut self, now_unix_ms: u64) -> (ParticipantRecord, CheckpointSnapshot) {
+    pub fn checkpoint_begin(
+        &mut self,
+        now_unix_ms: u64,
+    ) -> (ParticipantRecord, CheckpointSnapshot) {
         self.forget_expired(now_unix_ms);
         self.checkpoint_id += 1;
         let id = self.checkpoint_id;
