@@ -71,37 +71,12 @@ impl LocalCluster {
             self.coordinator_address = Some(coordinator_address);
             self.coordinator_args = coordinator_args.to_vec();
             for name in names {
-                let args: Vec<OsString> = vec![
-                    "participant".into(),
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--data-dir".into(),
-                    data_dir.join(name).into(),
-                    "--name".into(),
-                    name.into(),
-                    "--coordinator".into(),
-                    coordinator_address.to_string().into(),
-                    "--worker-threads".into(),
-                    worker_threads.to_string().into(),
-                ];
+                let args = self.participant_args(data_dir, name, "127.0.0.1:0")?;
                 let server =
                     start_server(exe, format!("participant {name}"), name, args, data_dir).await?;
                 self.participants.push(server);
             }
-            let mut args: Vec<OsString> = vec![
-                "coordinator".into(),
-                "--listen".into(),
-                coordinator_address.to_string().into(),
-                "--data-dir".into(),
-                data_dir.join("coordinator").into(),
-                "--worker-threads".into(),
-                worker_threads.to_string().into(),
-            ];
-            for server in &self.participants {
-                args.push("--participant".into());
-                args.push(format!("{}={}", server.name(), server.address()).into());
-            }
-            args.extend(coordinator_args.iter().map(OsString::from));
+            let args = self.coordinator_args(data_dir, &coordinator_address.to_string());
             drop(reservation);
             match start_server(exe, "coordinator".to_string(), "coordinator", args, data_dir).await
             {
@@ -156,27 +131,11 @@ impl LocalCluster {
         let mut restarted = Vec::new();
         for (name, address) in killed {
             let is_coordinator = name == "coordinator";
-            let mut args: Vec<OsString> = vec![
-                if is_coordinator { "coordinator" } else { "participant" }.into(),
-                "--listen".into(),
-                address.to_string().into(),
-                "--data-dir".into(),
-                data_dir.join(&name).into(),
-                "--worker-threads".into(),
-                self.worker_threads.to_string().into(),
-            ];
-            if is_coordinator {
-                for server in &self.participants {
-                    args.push("--participant".into());
-                    args.push(format!("{}={}", server.name(), server.address()).into());
-                }
-                args.extend(self.coordinator_args.iter().map(OsString::from));
+            let args = if is_coordinator {
+                self.coordinator_args(data_dir, &address.to_string())
             } else {
-                args.extend(["--name".into(), name.clone().into(), "--coordinator".into()]);
-                args.push(
-                    self.coordinator_address.context("no coordinator address")?.to_string().into(),
-                );
-            }
+                self.participant_args(data_dir, &name, &address.to_string())?
+            };
             let label = if is_coordinator { name.clone() } else { format!("participant {name}") };
             let started = std::time::Instant::now();
             let server = start_server(exe, label, &name, args, data_dir).await?;
@@ -188,6 +147,50 @@ impl LocalCluster {
             }
         }
         Ok(restarted)
+    }
+
+    /// A participant's command line: `name`'s data directory, the coordinator chosen by
+    /// [`LocalCluster::start`], the cluster's worker threads.
+    fn participant_args(
+        &self,
+        data_dir: &Path,
+        name: &str,
+        listen: &str,
+    ) -> anyhow::Result<Vec<OsString>> {
+        let coordinator = self.coordinator_address.context("no coordinator address chosen")?;
+        Ok(vec![
+            "participant".into(),
+            "--listen".into(),
+            listen.into(),
+            "--data-dir".into(),
+            data_dir.join(name).into(),
+            "--name".into(),
+            name.into(),
+            "--coordinator".into(),
+            coordinator.to_string().into(),
+            "--worker-threads".into(),
+            self.worker_threads.to_string().into(),
+        ])
+    }
+
+    /// The coordinator's command line: every running participant, the cluster's worker
+    /// threads, and the extra arguments given to [`LocalCluster::start`].
+    fn coordinator_args(&self, data_dir: &Path, listen: &str) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec![
+            "coordinator".into(),
+            "--listen".into(),
+            listen.into(),
+            "--data-dir".into(),
+            data_dir.join("coordinator").into(),
+            "--worker-threads".into(),
+            self.worker_threads.to_string().into(),
+        ];
+        for server in &self.participants {
+            args.push("--participant".into());
+            args.push(format!("{}={}", server.name(), server.address()).into());
+        }
+        args.extend(self.coordinator_args.iter().map(OsString::from));
+        args
     }
 
     /// Servers that have exited on their own, with how they ended.

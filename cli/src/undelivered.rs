@@ -217,11 +217,13 @@ pub async fn run(exe: &Path, data_dir: &Path, count: u64) -> anyhow::Result<Unde
         participant_args.push("--participant".into());
         participant_args.push(format!("s{index}={address}").into());
     }
-    let coordinator_args = |listen: &str| {
+    // Started, and restarted, on a free port: the bench reaches it at the address it prints,
+    // and the stand-ins never call it.
+    let coordinator_args = || {
         let mut args: Vec<std::ffi::OsString> = vec![
             "coordinator".into(),
             "--listen".into(),
-            listen.into(),
+            "127.0.0.1:0".into(),
             "--data-dir".into(),
             data_dir.join("coordinator").into(),
             "--call-timeout-ms".into(),
@@ -230,14 +232,9 @@ pub async fn run(exe: &Path, data_dir: &Path, count: u64) -> anyhow::Result<Unde
         args.extend(participant_args.iter().cloned());
         args
     };
-    let coordinator = start_server(
-        exe,
-        "coordinator".into(),
-        "coordinator",
-        coordinator_args("127.0.0.1:0"),
-        data_dir,
-    )
-    .await?;
+    let start_coordinator =
+        || start_server(exe, "coordinator".into(), "coordinator", coordinator_args(), data_dir);
+    let coordinator = start_coordinator().await?;
 
     let measured = async {
         let started = Instant::now();
@@ -268,14 +265,7 @@ pub async fn run(exe: &Path, data_dir: &Path, count: u64) -> anyhow::Result<Unde
         stand_in.holding.store(false, Ordering::Relaxed);
     }
     let restarted_at = Instant::now();
-    let coordinator = start_server(
-        exe,
-        "coordinator".into(),
-        "coordinator",
-        coordinator_args("127.0.0.1:0"),
-        data_dir,
-    )
-    .await?;
+    let coordinator = start_coordinator().await?;
     let serving = restarted_at.elapsed();
     let delivered = async {
         let want = usize::try_from(committed)?;
