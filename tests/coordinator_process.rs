@@ -151,7 +151,7 @@ fn add(key: &str, delta: i64) -> v1::Operation {
 }
 
 fn branch(participant: &str, operations: Vec<v1::Operation>) -> v1::Branch {
-    v1::Branch { participant: participant.to_string(), operations }
+    v1::Branch { participant: participant.to_string(), operations, depends_on: Vec::new() }
 }
 
 /// +10 on `key` at each of the three participants.

@@ -222,6 +222,7 @@ async fn run_worker(
                         counter_add(&applied, 1, None),
                         put(&marker),
                     ],
+                    depends_on: Vec::new(),
                 },
                 v1::Branch {
                     participant: NAMES[to].into(),
@@ -230,6 +231,7 @@ async fn run_worker(
                         counter_add(&applied, 1, None),
                         put(&marker),
                     ],
+                    depends_on: Vec::new(),
                 },
             ],
             timeout_ms: 1_000,
@@ -295,7 +297,11 @@ async fn transfers_stay_atomic_and_exactly_once_while_processes_are_killed_and_p
             .collect();
         let request = v1::SubmitRequest {
             txn_id: format!("load-{name}"),
-            branches: vec![v1::Branch { participant: name.into(), operations }],
+            branches: vec![v1::Branch {
+                participant: name.into(),
+                operations,
+                depends_on: Vec::new(),
+            }],
             ..Default::default()
         };
         let response = cluster.client().submit(request).await.unwrap().into_inner();

@@ -131,6 +131,20 @@ impl v1::participant_server::Participant for StandIn {
         Err(Status::unimplemented("the stand-in participant keeps no data"))
     }
 
+    async fn execute(
+        &self,
+        _: Request<v1::ExecuteRequest>,
+    ) -> Result<Response<v1::ExecuteResponse>, Status> {
+        Err(Status::unimplemented("the stand-in participant runs no saga steps"))
+    }
+
+    async fn compensate(
+        &self,
+        _: Request<v1::CompensateRequest>,
+    ) -> Result<Response<v1::CompensateResponse>, Status> {
+        Err(Status::unimplemented("the stand-in participant runs no saga steps"))
+    }
+
     async fn scan(
         &self,
         _: Request<v1::ScanRequest>,

@@ -41,7 +41,7 @@ impl AbortCause {
     #[must_use]
     pub fn label(&self) -> &'static str {
         match (self.kind, self.vote_reason) {
-            (AbortKind::VoteNo, Some(reason)) => no_reason_str(reason),
+            (AbortKind::VoteNo | AbortKind::StepFailed, Some(reason)) => no_reason_str(reason),
             (kind, _) => kind.as_str(),
         }
     }
@@ -61,6 +61,9 @@ impl std::fmt::Display for AbortCause {
         match (&self.kind, &self.participant, self.vote_reason) {
             (AbortKind::VoteNo, Some(participant), Some(reason)) => {
                 write!(f, "participant {participant} voted NO ({})", no_reason_str(reason))?;
+            }
+            (AbortKind::StepFailed, Some(participant), Some(reason)) => {
+                write!(f, "saga step at {participant} failed ({})", no_reason_str(reason))?;
             }
             (kind, Some(participant), _) => write!(f, "{kind} (participant {participant})")?,
             (kind, None, _) => write!(f, "{kind}")?,
@@ -89,6 +92,8 @@ pub enum AbortKind {
     Fenced,
     /// The client rolled it back.
     ClientRollback,
+    /// A saga step's participant refused its Execute.
+    StepFailed,
     /// The coordinator gave no kind, or one this client does not know.
     Unspecified,
 }
@@ -105,6 +110,7 @@ impl AbortKind {
             AbortKind::CoordinatorRestart => "coordinator_restart",
             AbortKind::Fenced => "fenced",
             AbortKind::ClientRollback => "client_rollback",
+            AbortKind::StepFailed => "step_failed",
             AbortKind::Unspecified => "unspecified",
         }
     }
@@ -119,6 +125,7 @@ impl AbortKind {
             Ok(Kind::CoordinatorRestart) => AbortKind::CoordinatorRestart,
             Ok(Kind::Fenced) => AbortKind::Fenced,
             Ok(Kind::ClientRollback) => AbortKind::ClientRollback,
+            Ok(Kind::StepFailed) => AbortKind::StepFailed,
             Ok(Kind::Unspecified) | Err(_) => AbortKind::Unspecified,
         }
     }
@@ -166,12 +173,25 @@ pub enum TxnState {
     Committed,
     /// Decided abort.
     Aborted,
+    /// Saga steps are executing.
+    Executing,
+    /// Aborted; executed saga steps are being compensated.
+    Compensating,
+    /// Aborted; a compensation keeps failing (retried slowly): an operator should look.
+    NeedsAttention,
 }
 
 impl TxnState {
     /// Every state, for help texts and parsers.
-    pub const ALL: [TxnState; 4] =
-        [TxnState::Preparing, TxnState::Committing, TxnState::Committed, TxnState::Aborted];
+    pub const ALL: [TxnState; 7] = [
+        TxnState::Preparing,
+        TxnState::Executing,
+        TxnState::Committing,
+        TxnState::Committed,
+        TxnState::Compensating,
+        TxnState::NeedsAttention,
+        TxnState::Aborted,
+    ];
 
     /// The state in lowercase, as the CLI prints and parses it.
     #[must_use]
@@ -181,6 +201,9 @@ impl TxnState {
             TxnState::Committing => "committing",
             TxnState::Committed => "committed",
             TxnState::Aborted => "aborted",
+            TxnState::Executing => "executing",
+            TxnState::Compensating => "compensating",
+            TxnState::NeedsAttention => "needs_attention",
         }
     }
 
@@ -192,6 +215,9 @@ impl TxnState {
             v1::TxnState::Committing => Some(TxnState::Committing),
             v1::TxnState::Committed => Some(TxnState::Committed),
             v1::TxnState::Aborted => Some(TxnState::Aborted),
+            v1::TxnState::Executing => Some(TxnState::Executing),
+            v1::TxnState::Compensating => Some(TxnState::Compensating),
+            v1::TxnState::NeedsAttention => Some(TxnState::NeedsAttention),
             v1::TxnState::Unspecified => None,
         }
     }
@@ -204,6 +230,9 @@ impl TxnState {
             TxnState::Committing => v1::TxnState::Committing,
             TxnState::Committed => v1::TxnState::Committed,
             TxnState::Aborted => v1::TxnState::Aborted,
+            TxnState::Executing => v1::TxnState::Executing,
+            TxnState::Compensating => v1::TxnState::Compensating,
+            TxnState::NeedsAttention => v1::TxnState::NeedsAttention,
         }
     }
 }
@@ -219,7 +248,8 @@ impl std::str::FromStr for TxnState {
 
     fn from_str(text: &str) -> Result<TxnState, String> {
         TxnState::ALL.into_iter().find(|state| state.as_str() == text).ok_or_else(|| {
-            format!("unknown state {text:?}; expected preparing, committing, committed or aborted")
+            let names: Vec<&str> = TxnState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown state {text:?}; expected one of {}", names.join(", "))
         })
     }
 }
@@ -243,6 +273,16 @@ impl TxnMode {
             TxnMode::TwoPhase => "two_phase",
             TxnMode::Saga => "saga",
             TxnMode::Auto => "auto",
+        }
+    }
+
+    /// The wire value.
+    #[must_use]
+    pub fn to_wire(self) -> v1::TxnMode {
+        match self {
+            TxnMode::TwoPhase => v1::TxnMode::TwoPhase,
+            TxnMode::Saga => v1::TxnMode::Saga,
+            TxnMode::Auto => v1::TxnMode::Auto,
         }
     }
 
@@ -275,6 +315,18 @@ pub enum BranchState {
     Committed,
     /// Aborted.
     Aborted,
+    /// Saga step not started yet.
+    Waiting,
+    /// Saga step: Execute sent.
+    Executing,
+    /// Saga step executed.
+    Executed,
+    /// Saga step refused by its participant.
+    ExecuteFailed,
+    /// Saga step: Compensate sent.
+    Compensating,
+    /// Saga step compensated.
+    Compensated,
 }
 
 impl BranchState {
@@ -290,6 +342,12 @@ impl BranchState {
             BranchState::Committing => "committing",
             BranchState::Committed => "committed",
             BranchState::Aborted => "aborted",
+            BranchState::Waiting => "waiting",
+            BranchState::Executing => "executing",
+            BranchState::Executed => "executed",
+            BranchState::ExecuteFailed => "execute_failed",
+            BranchState::Compensating => "compensating",
+            BranchState::Compensated => "compensated",
         }
     }
 
@@ -304,6 +362,12 @@ impl BranchState {
             W::Committing => BranchState::Committing,
             W::Committed => BranchState::Committed,
             W::Aborted => BranchState::Aborted,
+            W::Waiting => BranchState::Waiting,
+            W::Executing => BranchState::Executing,
+            W::Executed => BranchState::Executed,
+            W::ExecuteFailed => BranchState::ExecuteFailed,
+            W::Compensating => BranchState::Compensating,
+            W::Compensated => BranchState::Compensated,
             W::Unspecified => return None,
         })
     }
@@ -322,6 +386,8 @@ pub struct BranchInfo {
     pub delivery_attempts: u32,
     /// The last delivery error, if any.
     pub last_error: Option<String>,
+    /// Whether it runs as a saga step (Execute/Compensate) rather than by 2PC.
+    pub saga_step: bool,
 }
 
 /// One transaction as the coordinator knows it.
@@ -364,6 +430,7 @@ impl TransactionInfo {
                 state: BranchState::from_wire(branch.state),
                 vote: branch.vote.and_then(|vote| convert::vote_from_wire(Some(vote)).ok()),
                 delivery_attempts: branch.delivery_attempts,
+                saga_step: branch.saga_step,
                 last_error: non_empty(branch.last_error),
             })
             .collect();
@@ -494,6 +561,7 @@ mod tests {
                 vote: Some(v1::Vote { kind: v1::VoteKind::Yes.into(), ..Default::default() }),
                 delivery_attempts: 2,
                 last_error: "timeout".into(),
+                saga_step: false,
             }],
             mode: v1::TxnMode::TwoPhase.into(),
             epoch: 3,

@@ -7,6 +7,8 @@ use concord_core::types::{InvalidInput, Operation, TxnId, validate_operations};
 use concord_proto::convert::operation_to_wire;
 use concord_proto::v1;
 
+use crate::info::TxnMode;
+
 /// A transaction to submit: for each participant, the operations to apply there, all or none.
 ///
 /// Operations added for a participant that already has a branch are appended to that branch
@@ -24,6 +26,10 @@ pub struct Transaction {
     /// of it so a retry after a long silence is recognised as one (see
     /// `SubmitRequest.first_submitted_unix_ms`). 0 when built by `Default`.
     first_submitted_unix_ms: u64,
+    /// How the coordinator may run the branches (two-phase commit when unset).
+    mode: Option<TxnMode>,
+    /// Saga ordering: (step, the step it runs after), by participant name.
+    dependencies: Vec<(String, String)>,
 }
 
 impl Transaction {
@@ -90,6 +96,34 @@ impl Transaction {
             self.branches.push((participant, Vec::new()));
         }
         self
+    }
+
+    /// How the coordinator may run the branches: two-phase commit (the default), saga steps,
+    /// or automatic (2PC where the participant can prepare, saga steps elsewhere).
+    #[must_use]
+    pub fn with_mode(mut self, mode: TxnMode) -> Transaction {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Saga ordering: `step`'s branch runs only after `after`'s has executed. Without any
+    /// dependency, saga steps run one after another in branch order; with some, these are the
+    /// only constraints and independent steps run side by side. `after` must be named (by a
+    /// branch) before `step`.
+    #[must_use]
+    pub fn with_dependency(
+        mut self,
+        step: impl Into<String>,
+        after: impl Into<String>,
+    ) -> Transaction {
+        self.dependencies.push((step.into(), after.into()));
+        self
+    }
+
+    /// The mode, if one was set.
+    #[must_use]
+    pub fn mode(&self) -> Option<TxnMode> {
+        self.mode
     }
 
     /// Appends one operation to `participant`'s branch, creating the branch if needed.
@@ -166,6 +200,24 @@ impl Transaction {
                 ),
             ));
         }
+        let index_of = |name: &str| self.branches.iter().position(|(p, _)| p == name);
+        for (step, after) in &self.dependencies {
+            match (index_of(step), index_of(after)) {
+                (Some(s), Some(a)) if a < s => {}
+                (Some(_), Some(_)) => {
+                    return Err(InvalidInput::new(
+                        "depends_on",
+                        format!("{step} may only run after a branch named before it, not {after}"),
+                    ));
+                }
+                _ => {
+                    return Err(InvalidInput::new(
+                        "depends_on",
+                        format!("{step} after {after}: both must name branches"),
+                    ));
+                }
+            }
+        }
         if let Some(timeout_ms) = self.timeout_ms
             && u64::from(timeout_ms) > limits::MAX_TXN_TIMEOUT_MS
         {
@@ -188,10 +240,19 @@ impl Transaction {
                 .map(|(participant, operations)| v1::Branch {
                     participant: participant.clone(),
                     operations: operations.iter().cloned().map(operation_to_wire).collect(),
+                    depends_on: self
+                        .dependencies
+                        .iter()
+                        .filter(|(step, _)| step == participant)
+                        .filter_map(|(_, after)| {
+                            let index = self.branches.iter().position(|(p, _)| p == after)?;
+                            u32::try_from(index).ok()
+                        })
+                        .collect(),
                 })
                 .collect(),
             timeout_ms: self.timeout_ms.unwrap_or(0),
-            mode: v1::TxnMode::TwoPhase.into(),
+            mode: self.mode.unwrap_or(TxnMode::TwoPhase).to_wire().into(),
             first_submitted_unix_ms: self.first_submitted_unix_ms,
         }
     }

@@ -7,13 +7,14 @@
 //! Every transaction runs in its own task, so a client that disconnects cannot stop a decision
 //! half-way. The table lock is a `std::sync::Mutex`, never held across an await.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use concord_core::coordinator::{
-    AbortCause, BranchStatus, CoordinatorRecord, Input, Output, Phase, PrepareResult, TxnMachine,
+    AbortCause, BranchKind, BranchStatus, CoordinatorRecord, Input, Output, Phase, Plan,
+    PrepareResult, TxnMachine, TxnMode,
 };
 use concord_core::types::{Epoch, Outcome, TxnId};
 use concord_proto::v1::participant_client::ParticipantClient;
@@ -46,8 +47,13 @@ pub struct CoordinatorConfig {
     pub max_retained: usize,
     /// First Commit retry delay.
     pub min_backoff: Duration,
-    /// Commit retry delays never grow past this.
+    /// Commit and Compensate retry delays never grow past this.
     pub max_backoff: Duration,
+    /// A saga step whose Compensate failed this many times puts its transaction in
+    /// NEEDS_ATTENTION (it keeps being retried, every `attention_retry`).
+    pub attention_after_attempts: u32,
+    /// How often a compensation needing attention is retried.
+    pub attention_retry: Duration,
     /// Take a checkpoint after this many log records.
     pub checkpoint_every_records: u64,
     /// Send Prepares and Commits many per message (PrepareBatch, CommitBatch); off: one call
@@ -69,6 +75,8 @@ impl Default for CoordinatorConfig {
             max_retained: 100_000,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            attention_after_attempts: 10,
+            attention_retry: Duration::from_secs(30),
             checkpoint_every_records: 200_000,
             batch_calls: true,
             dialer: concord_proto::net::Dialer::default(),
@@ -111,6 +119,10 @@ pub struct NewTxn {
     pub timeout: Duration,
     /// When the client first submitted it (0: not given, treated as new).
     pub first_submitted_unix_ms: u64,
+    /// How its branches may run.
+    pub mode: TxnMode,
+    /// Saga ordering (see [`Plan::depends_on`]).
+    pub depends_on: Option<Vec<Vec<usize>>>,
 }
 
 /// One transaction in the table.
@@ -138,6 +150,9 @@ pub struct Entry {
     delivered: Arc<tokio::sync::Notify>,
     /// The LSN of the abort record, which must be durable before anyone is told ABORTED.
     abort_lsn: Option<Lsn>,
+    /// A saga step's Compensate failed `attention_after_attempts` times and still fails: an
+    /// operator should look (NEEDS_ATTENTION). Cleared once it succeeds.
+    pub needs_attention: bool,
 }
 
 impl Entry {
@@ -155,6 +170,7 @@ impl Entry {
             deadline_unix_ms: 0,
             delivered: Arc::new(tokio::sync::Notify::new()),
             abort_lsn: None,
+            needs_attention: false,
         }
     }
 
@@ -162,9 +178,9 @@ impl Entry {
     #[must_use]
     pub fn outcome(&self) -> Outcome {
         match self.machine.phase() {
-            Phase::Preparing | Phase::Deciding => Outcome::Pending,
+            Phase::Preparing | Phase::Executing | Phase::Deciding => Outcome::Pending,
             Phase::Committing | Phase::Committed => Outcome::Committed,
-            Phase::Aborted(_) => Outcome::Aborted,
+            Phase::Compensating(_) | Phase::Aborted(_) => Outcome::Aborted,
         }
     }
 
@@ -180,7 +196,8 @@ struct Table {
     /// Finished transactions, oldest first, for eviction.
     finished: VecDeque<TxnId>,
     /// Background work in progress: committed transactions being delivered, one-phase
-    /// transactions being probed (see `CoordinatorConfig::max_undelivered`).
+    /// transactions being probed, saga steps being compensated (see
+    /// `CoordinatorConfig::max_undelivered`).
     undelivered: usize,
     /// Every finished transaction evicted so far was created at or before this time (or, if its
     /// creation time is unknown, finished by then). An unknown id first submitted at or before
@@ -204,6 +221,9 @@ pub struct Coordinator<W: Wal> {
     fatal: watch::Sender<Option<String>>,
     /// Fires when the coordinator shuts down, ending delivery loops (recovery resumes them).
     stopping: watch::Sender<bool>,
+    /// Participants that answered Prepare with UNIMPLEMENTED: in AUTO mode their branches run
+    /// as saga steps from the start. At most one entry per configured participant.
+    saga_only: Mutex<BTreeSet<String>>,
 }
 
 impl<W: Wal> Coordinator<W> {
@@ -258,6 +278,7 @@ impl<W: Wal> Coordinator<W> {
             failed: AtomicBool::new(false),
             fatal: fatal_tx,
             stopping,
+            saga_only: Mutex::new(BTreeSet::new()),
         });
 
         coordinator.table().forgotten_before_unix_ms = forgotten_before_unix_ms;
@@ -270,7 +291,29 @@ impl<W: Wal> Coordinator<W> {
         let known = |created: u64| if created == 0 { u64::MAX } else { created };
         txns.sort_by(|(a, x), (b, y)| (known(x.created), a).cmp(&(known(y.created), b)));
         for (txn, replayed) in txns {
+            let saga = replayed.kinds.contains(&BranchKind::Saga);
             match &replayed.state {
+                ReplayedState::Started if saga => {
+                    // Undecided at the crash, and steps may have executed: abort, compensating
+                    // every step not known to be compensated (a step that never executed gets
+                    // a barrier), and tell the two-phase branches.
+                    let cause = AbortCause::CoordinatorRestart;
+                    let lsn = coordinator.append(&CoordinatorRecord::Aborted {
+                        txn: txn.clone(),
+                        cause: cause.clone(),
+                    })?;
+                    coordinator.recover_saga(&txn, &replayed, cause);
+                    if let Some(entry) = coordinator.table().entries.get_mut(&txn) {
+                        entry.abort_lsn = Some(lsn);
+                    }
+                    aborted += 1;
+                }
+                ReplayedState::Finished(Phase::Aborted(cause))
+                    if saga && !replayed.compensation_done =>
+                {
+                    coordinator.recover_saga(&txn, &replayed, cause.clone());
+                    aborted += 1;
+                }
                 ReplayedState::Committing { pending } => {
                     let (machine, outputs) =
                         TxnMachine::recover_committing(replayed.participants.len(), pending);
@@ -335,6 +378,45 @@ impl<W: Wal> Coordinator<W> {
         self.stopping.send_replace(true);
     }
 
+    /// Rebuilds an aborted saga whose compensation had not finished, and resumes it.
+    fn recover_saga(self: &Arc<Self>, txn: &TxnId, replayed: &Replayed, cause: AbortCause) {
+        let to_compensate: Vec<usize> = (0..replayed.kinds.len())
+            .filter(|b| replayed.kinds[*b] == BranchKind::Saga && !replayed.compensated.contains(b))
+            .collect();
+        let (machine, outputs) =
+            TxnMachine::recover_compensating(replayed.kinds.clone(), &to_compensate, cause);
+        let machine = machine.with_kinds(replayed.kinds.clone(), replayed.mode);
+        let done = matches!(machine.phase(), Phase::Aborted(_));
+        self.insert_recovered(txn, replayed, machine);
+        self.carry_out(txn, outputs);
+        if done {
+            self.compensation_done(txn);
+        }
+    }
+
+    /// The plan for a new transaction: in AUTO mode, participants known to be unable to
+    /// prepare run as saga steps from the start.
+    fn plan(&self, new: &NewTxn) -> Plan {
+        let kind = |participant: &String| match new.mode {
+            TxnMode::TwoPhase => BranchKind::TwoPhase,
+            TxnMode::Saga => BranchKind::Saga,
+            TxnMode::Auto if self.saga_only().contains(participant) => BranchKind::Saga,
+            TxnMode::Auto => BranchKind::TwoPhase,
+        };
+        Plan {
+            kinds: new.participants.iter().map(kind).collect(),
+            depends_on: new.depends_on.clone(),
+            mode: new.mode,
+        }
+    }
+
+    fn saga_only(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        match self.saga_only.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     /// Runs a new transaction to a decision, or returns the state of a known one.
     pub async fn submit(self: &Arc<Self>, new: NewTxn) -> Result<Entry, CoordinatorError> {
         self.refuse_if_failed()?;
@@ -350,6 +432,7 @@ impl<W: Wal> Coordinator<W> {
             ))
         })?;
         let (reply_tx, reply_rx) = oneshot::channel();
+        let plan = self.plan(&new);
         let known = {
             let mut table = self.table();
             let known = table.entries.contains_key(&new.txn);
@@ -372,7 +455,7 @@ impl<W: Wal> Coordinator<W> {
                 )));
             }
             if !known {
-                let (machine, _) = TxnMachine::start(new.participants.len());
+                let (machine, _) = TxnMachine::start_with(plan.clone());
                 let mut entry = Entry::new(new.participants.clone(), machine, self.epoch);
                 entry.created_unix_ms = self.now_ms();
                 entry.deadline_unix_ms = entry.created_unix_ms
@@ -390,7 +473,7 @@ impl<W: Wal> Coordinator<W> {
         let this = Arc::clone(self);
         let txn = new.txn.clone();
         tokio::spawn(async move {
-            this.run_txn(new, reply_tx).await;
+            this.run_txn(new, plan, reply_tx).await;
             drop(permit);
         });
         match reply_rx.await {
@@ -564,7 +647,7 @@ impl<W: Wal> Coordinator<W> {
         Ok(())
     }
 
-    async fn run_txn(self: &Arc<Self>, new: NewTxn, reply: oneshot::Sender<()>) {
+    async fn run_txn(self: &Arc<Self>, new: NewTxn, plan: Plan, reply: oneshot::Sender<()>) {
         let txn = new.txn.clone();
         let deadline = tokio::time::Instant::now() + new.timeout;
         let (created_unix_ms, deadline_unix_ms) =
@@ -576,8 +659,10 @@ impl<W: Wal> Coordinator<W> {
             created_unix_ms,
             deadline_unix_ms,
         };
-        let (_, mut pending) = TxnMachine::start(new.participants.len());
+        let (_, mut pending) = TxnMachine::start_with(plan);
+        // Prepare and Execute calls in flight, each answering with the input it produced.
         let mut prepares = tokio::task::JoinSet::new();
+        let mut started_logged = false;
         let mut aborts = tokio::task::JoinSet::new();
         let mut deadline_seen = false;
         loop {
@@ -588,9 +673,23 @@ impl<W: Wal> Coordinator<W> {
                 for output in std::mem::take(&mut pending) {
                     match output {
                         Output::ForceStarted => {
+                            // A saga's record names its steps: recovery compensates them.
+                            let record = match self.get(&txn) {
+                                Some(entry) if !entry.machine.saga_steps().is_empty() => {
+                                    CoordinatorRecord::SagaStarted {
+                                        txn: txn.clone(),
+                                        participants: new.participants.clone(),
+                                        kinds: entry.machine.kinds().to_vec(),
+                                        mode: entry.machine.mode(),
+                                        created_unix_ms,
+                                        deadline_unix_ms,
+                                    }
+                                }
+                                _ => started.clone(),
+                            };
                             // An error (fatal) drops the reply channel: the client sees INTERNAL.
                             if self.failpoint("coordinator.before_started").is_err()
-                                || self.force(&started).await.is_err()
+                                || self.force(&record).await.is_err()
                                 || self.failpoint("coordinator.after_started").is_err()
                             {
                                 return;
@@ -598,11 +697,12 @@ impl<W: Wal> Coordinator<W> {
                             pending.extend(self.handle(&txn, Input::StartedDurable));
                         }
                         Output::SendPrepare { branch, one_phase } => {
-                            if !one_phase && branch == 0 {
+                            if !one_phase && !started_logged {
                                 // Lazy: rides along with the next group commit.
                                 if self.append(&started).is_err() {
                                     return;
                                 }
+                                started_logged = true;
                             }
                             let link = self.links[&new.participants[branch]].clone();
                             let request = v1::PrepareRequest {
@@ -614,8 +714,30 @@ impl<W: Wal> Coordinator<W> {
                             };
                             let timeout =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
+                            let this = Arc::clone(self);
+                            let participant = new.participants[branch].clone();
                             prepares.spawn(async move {
-                                (branch, prepare(&link, request, timeout).await)
+                                let result = prepare(&link, request, timeout).await;
+                                if let PrepareResult::Unimplemented(_) = &result {
+                                    this.saga_only().insert(participant);
+                                }
+                                Input::Prepared { branch, result }
+                            });
+                        }
+                        Output::SendExecute { branch } => {
+                            let Some(mut client) = self.client_for(&txn, branch) else { continue };
+                            let request = v1::ExecuteRequest {
+                                txn_id: txn.to_string(),
+                                epoch: self.epoch.0,
+                                operations: new.operations[branch].clone(),
+                                deadline_unix_ms,
+                            };
+                            let timeout = deadline
+                                .saturating_duration_since(tokio::time::Instant::now())
+                                .min(self.config.call_timeout);
+                            prepares.spawn(async move {
+                                let result = execute(&mut client, request, timeout).await;
+                                Input::Executed { branch, result }
                             });
                         }
                         Output::ForceCommit { branches } => {
@@ -650,8 +772,12 @@ impl<W: Wal> Coordinator<W> {
                             if entry.decided_unix_ms == 0 {
                                 entry.decided_unix_ms = self.now_ms();
                             }
-                            // A commit still being delivered replies once delivered (below).
-                            let delivering = *entry.machine.phase() == Phase::Committing;
+                            // A commit still being delivered (or an abort still compensating)
+                            // replies once settled (below).
+                            let delivering = matches!(
+                                entry.machine.phase(),
+                                Phase::Committing | Phase::Compensating(_)
+                            );
                             drop(table);
                             // Reply once this batch is carried out: an abort's record is
                             // appended in the same batch, and the reply must see its LSN.
@@ -678,8 +804,8 @@ impl<W: Wal> Coordinator<W> {
             }
             tokio::select! {
                 joined = prepares.join_next(), if !prepares.is_empty() => {
-                    if let Some(Ok((branch, result))) = joined {
-                        pending.extend(self.handle(&txn, Input::Prepared { branch, result }));
+                    if let Some(Ok(input)) = joined {
+                        pending.extend(self.handle(&txn, input));
                     }
                 }
                 () = tokio::time::sleep_until(deadline), if !deadline_seen => {
@@ -694,7 +820,8 @@ impl<W: Wal> Coordinator<W> {
         // A commit being delivered: reply once every participant acknowledged, so the client
         // reads its own writes and its next transaction does not conflict with this one — but
         // wait no longer than the deadline plus one call, then reply COMMITTED (state
-        // COMMITTING) while delivery goes on.
+        // COMMITTING) while delivery goes on. Likewise an aborted saga replies once its steps
+        // are compensated, or ABORTED (state COMPENSATING) while compensation goes on.
         let delivered = self.get(&txn).map(|entry| entry.delivered);
         if let (Some(delivered), Some(_)) = (delivered, &reply) {
             let patience = deadline.max(tokio::time::Instant::now()) + self.config.call_timeout;
@@ -723,9 +850,30 @@ impl<W: Wal> Coordinator<W> {
         if let Ok(lsn) = self.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause }) {
             entry.abort_lsn = Some(lsn);
         }
+        let settled = matches!(entry.machine.phase(), Phase::Aborted(_));
+        let saga = !entry.machine.saga_steps().is_empty();
         drop(table);
-        self.finish(txn);
+        // An aborted saga still compensating stays unfinished (never evicted) until it is done.
+        if settled && saga {
+            self.compensation_done(txn);
+        } else if settled {
+            self.finish(txn);
+        }
         outputs
+    }
+
+    /// Every step of an aborted saga that needed it is compensated: log it, finish the
+    /// transaction and wake a client waiting for it.
+    fn compensation_done(&self, txn: &TxnId) {
+        if let Some(entry) = self.table().entries.get_mut(txn) {
+            entry.needs_attention = false;
+        }
+        if self.append(&CoordinatorRecord::CompensationDone { txn: txn.clone() }).is_ok() {
+            self.finish(txn);
+        }
+        if let Some(entry) = self.table().entries.get(txn) {
+            entry.delivered.notify_one();
+        }
     }
 
     /// Carries out outputs that need no waiting: sends and lazy log records.
@@ -759,9 +907,26 @@ impl<W: Wal> Coordinator<W> {
                         entry.delivered.notify_one();
                     }
                 }
+                Output::SendCompensate { branch } => {
+                    self.table().undelivered += 1;
+                    let this = Arc::clone(self);
+                    let txn = txn.clone();
+                    tokio::spawn(async move { this.compensate(txn, branch).await });
+                }
+                Output::LogCompensated { branch } => {
+                    let _ =
+                        self.append(&CoordinatorRecord::Compensated { txn: txn.clone(), branch });
+                    let done = self
+                        .get(txn)
+                        .is_some_and(|entry| matches!(entry.machine.phase(), Phase::Aborted(_)));
+                    if done {
+                        self.compensation_done(txn);
+                    }
+                }
                 Output::LogAbort(_)
                 | Output::Reply(_)
                 | Output::SendPrepare { .. }
+                | Output::SendExecute { .. }
                 | Output::ForceCommit { .. }
                 | Output::ForceStarted => {
                     unreachable!("handled by run_txn: {output:?}")
@@ -835,6 +1000,77 @@ impl<W: Wal> Coordinator<W> {
         }
     }
 
+    /// Sends Compensate to one saga step until it is acknowledged: bounded exponential backoff,
+    /// then, past `attention_after_attempts`, the transaction shows NEEDS_ATTENTION and the
+    /// step is retried every `attention_retry`, never dropped.
+    async fn compensate(self: Arc<Self>, txn: TxnId, branch: usize) {
+        let Some(mut client) = self.client_for(&txn, branch) else {
+            tracing::error!(txn_id = %txn, branch, "no client for a saga step: unknown participant in the log");
+            return;
+        };
+        let mut stopping = self.stopping.subscribe();
+        let mut backoff = self.config.min_backoff;
+        let deadline_unix_ms = self.get(&txn).map_or(0, |e| e.deadline_unix_ms);
+        loop {
+            let request = v1::CompensateRequest {
+                txn_id: txn.to_string(),
+                epoch: self.epoch.0,
+                deadline_unix_ms,
+            };
+            let result =
+                match tokio::time::timeout(self.config.call_timeout, client.compensate(request))
+                    .await
+                {
+                    Ok(result) => result.map(|_| ()),
+                    Err(_) => {
+                        Err(tonic::Status::deadline_exceeded("no answer within the call timeout"))
+                    }
+                };
+            let attention = {
+                let mut table = self.table();
+                let Some(entry) = table.entries.get_mut(&txn) else { return };
+                entry.attempts[branch] += 1;
+                match &result {
+                    Ok(()) => false,
+                    Err(status) => {
+                        entry.last_error[branch] =
+                            format!("{:?}: {}", status.code(), status.message());
+                        let attention =
+                            entry.attempts[branch] >= self.config.attention_after_attempts;
+                        if attention && !entry.needs_attention {
+                            entry.needs_attention = true;
+                            tracing::error!(
+                                txn_id = %txn, branch, attempts = entry.attempts[branch],
+                                error = %entry.last_error[branch],
+                                "saga compensation keeps failing: the transaction needs attention; \
+                                 still retrying"
+                            );
+                        }
+                        attention
+                    }
+                }
+            };
+            if result.is_ok() {
+                self.table().undelivered -= 1;
+                if let Some(entry) = self.table().entries.get_mut(&txn) {
+                    entry.needs_attention = false;
+                }
+                let outputs = self.handle(&txn, Input::Compensated { branch });
+                self.carry_out(&txn, outputs);
+                return;
+            }
+            if let Err(status) = result {
+                tracing::warn!(txn_id = %txn, branch, code = ?status.code(), "compensation failed; retrying");
+            }
+            let delay = if attention { self.config.attention_retry } else { backoff };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
     /// Resolves a silent one-phase branch: Abort until answered. Acknowledged → aborted for
     /// good (a barrier refuses the late Prepare); FAILED_PRECONDITION → it committed.
     async fn probe_one_phase(self: Arc<Self>, txn: TxnId) {
@@ -899,6 +1135,11 @@ impl<W: Wal> Coordinator<W> {
     }
 
     fn insert_recovered(&self, txn: &TxnId, replayed: &Replayed, machine: TxnMachine) {
+        let machine = if replayed.kinds.len() == replayed.participants.len() {
+            machine.with_kinds(replayed.kinds.clone(), replayed.mode)
+        } else {
+            machine
+        };
         let mut entry = Entry::new(replayed.participants.clone(), machine, Epoch(0));
         entry.created_unix_ms = replayed.created;
         entry.decided_unix_ms = replayed.decided;
@@ -1017,10 +1258,33 @@ async fn prepare(link: &Link, request: v1::PrepareRequest, timeout: Duration) ->
                 Err(error) => PrepareResult::Unreachable(format!("malformed vote: {error}")),
             }
         }
-        Err(status) => match status.code() {
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => PrepareResult::Timeout,
-            _ => PrepareResult::Unreachable(format!("{:?}: {}", status.code(), status.message())),
+        Err(status) => call_failed(&status),
+    }
+}
+
+/// Calls Execute and classifies the answer as [`prepare`] does.
+async fn execute(
+    client: &mut ParticipantClient<Channel>,
+    request: v1::ExecuteRequest,
+    timeout: Duration,
+) -> PrepareResult {
+    match tokio::time::timeout(timeout, client.execute(request)).await {
+        Err(_) => PrepareResult::Timeout,
+        Ok(Ok(response)) => match convert::vote_from_wire(response.into_inner().vote) {
+            Ok(vote) => PrepareResult::Voted(vote),
+            Err(error) => PrepareResult::Unreachable(format!("malformed vote: {error}")),
         },
+        Ok(Err(status)) => call_failed(&status),
+    }
+}
+
+/// A failed call: a timeout may have done its work; UNIMPLEMENTED did nothing.
+fn call_failed(status: &tonic::Status) -> PrepareResult {
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => PrepareResult::Timeout,
+        tonic::Code::Unimplemented => PrepareResult::Unimplemented(message),
+        _ => PrepareResult::Unreachable(message),
     }
 }
 
@@ -1036,10 +1300,35 @@ fn checkpoint_records(txn: &TxnId, entry: &Entry) -> Vec<CoordinatorRecord> {
         created_unix_ms: entry.created_unix_ms,
         deadline_unix_ms: entry.deadline_unix_ms,
     };
-    let pending =
-        |status: &BranchStatus| matches!(status, BranchStatus::Committing | BranchStatus::Prepared);
+    let saga_started = CoordinatorRecord::SagaStarted {
+        txn: txn.clone(),
+        participants: entry.participants.clone(),
+        kinds: entry.machine.kinds().to_vec(),
+        mode: entry.machine.mode(),
+        created_unix_ms: entry.created_unix_ms,
+        deadline_unix_ms: entry.deadline_unix_ms,
+    };
+    let pending = |status: &BranchStatus| {
+        matches!(status, BranchStatus::Committing | BranchStatus::Prepared | BranchStatus::Executed)
+    };
     match entry.machine.phase() {
         Phase::Preparing => vec![started],
+        // Steps may have executed: recovery must compensate them.
+        Phase::Executing => vec![saga_started],
+        Phase::Compensating(cause) => {
+            let mut records = vec![
+                saga_started,
+                CoordinatorRecord::Aborted { txn: txn.clone(), cause: cause.clone() },
+            ];
+            for (branch, status) in entry.machine.branches().iter().enumerate() {
+                if entry.machine.kinds()[branch] == BranchKind::Saga
+                    && *status != BranchStatus::Compensating
+                {
+                    records.push(CoordinatorRecord::Compensated { txn: txn.clone(), branch });
+                }
+            }
+            records
+        }
         Phase::Deciding | Phase::Committing | Phase::Committed => {
             let pending: Vec<usize> = (0..entry.participants.len())
                 .filter(|&b| pending(&entry.machine.branches()[b]))
@@ -1076,6 +1365,29 @@ struct Replayed {
     decided: u64,
     deadline: u64,
     state: ReplayedState,
+    /// Each branch's kind, from a saga's STARTED record (empty: two-phase only).
+    kinds: Vec<BranchKind>,
+    mode: TxnMode,
+    /// Saga steps known to be compensated.
+    compensated: BTreeSet<usize>,
+    /// Every saga step that needed it was compensated.
+    compensation_done: bool,
+}
+
+impl Replayed {
+    fn new(participants: Vec<String>, created: u64, deadline: u64, state: ReplayedState) -> Self {
+        Replayed {
+            participants,
+            created,
+            decided: 0,
+            deadline,
+            state,
+            kinds: Vec::new(),
+            mode: TxnMode::TwoPhase,
+            compensated: BTreeSet::new(),
+            compensation_done: false,
+        }
+    }
 }
 
 enum ReplayedState {
@@ -1098,12 +1410,9 @@ struct Replay {
 
 impl Replay {
     fn fenced(&mut self, txn: TxnId, fenced_unix_ms: u64) {
-        self.txns.entry(txn).or_insert(Replayed {
-            participants: Vec::new(),
-            created: fenced_unix_ms,
-            decided: 0,
-            deadline: 0,
-            state: ReplayedState::Finished(Phase::Aborted(AbortCause::Fenced)),
+        self.txns.entry(txn).or_insert_with(|| {
+            let state = ReplayedState::Finished(Phase::Aborted(AbortCause::Fenced));
+            Replayed::new(Vec::new(), fenced_unix_ms, 0, state)
         });
     }
 
@@ -1120,36 +1429,65 @@ impl Replay {
         match record {
             CoordinatorRecord::Epoch(epoch) => self.max_epoch = self.max_epoch.max(epoch),
             CoordinatorRecord::Started { txn, participants, created_unix_ms, deadline_unix_ms } => {
-                self.txns.entry(txn).or_insert(Replayed {
-                    participants,
-                    created: created_unix_ms,
-                    decided: 0,
-                    deadline: deadline_unix_ms,
-                    state: ReplayedState::Started,
+                self.txns.entry(txn).or_insert_with(|| {
+                    Replayed::new(
+                        participants,
+                        created_unix_ms,
+                        deadline_unix_ms,
+                        ReplayedState::Started,
+                    )
                 });
+            }
+            CoordinatorRecord::SagaStarted {
+                txn,
+                participants,
+                kinds,
+                mode,
+                created_unix_ms,
+                deadline_unix_ms,
+            } => {
+                // After the lazy STARTED of its two-phase branches, if any.
+                let entry = self.txns.entry(txn).or_insert_with(|| {
+                    Replayed::new(
+                        participants,
+                        created_unix_ms,
+                        deadline_unix_ms,
+                        ReplayedState::Started,
+                    )
+                });
+                entry.kinds = kinds;
+                entry.mode = mode;
+            }
+            CoordinatorRecord::Compensated { txn, branch } => {
+                if let Some(entry) = self.txns.get_mut(&txn) {
+                    entry.compensated.insert(branch);
+                }
+            }
+            CoordinatorRecord::CompensationDone { txn } => {
+                if let Some(entry) = self.txns.get_mut(&txn) {
+                    entry.compensation_done = true;
+                }
             }
             CoordinatorRecord::Commit { txn, participants, pending, decided_unix_ms } => {
                 // Without its STARTED record (lazy, or not in a checkpoint) the decision time
                 // bounds the creation time, which the forgotten horizon needs.
-                let (created, deadline) = match self.txns.get(&txn) {
-                    Some(t) if t.created != 0 => (t.created, t.deadline),
-                    Some(t) => (decided_unix_ms, t.deadline),
-                    None => (decided_unix_ms, 0),
+                let (created, deadline, kinds, mode) = match self.txns.get(&txn) {
+                    Some(t) if t.created != 0 => (t.created, t.deadline, t.kinds.clone(), t.mode),
+                    Some(t) => (decided_unix_ms, t.deadline, t.kinds.clone(), t.mode),
+                    None => (decided_unix_ms, 0, Vec::new(), TxnMode::TwoPhase),
                 };
                 let state = ReplayedState::Committing { pending };
-                self.txns.insert(
-                    txn,
-                    Replayed { participants, created, decided: decided_unix_ms, deadline, state },
-                );
+                let mut replayed = Replayed::new(participants, created, deadline, state);
+                replayed.decided = decided_unix_ms;
+                replayed.kinds = kinds;
+                replayed.mode = mode;
+                self.txns.insert(txn, replayed);
             }
             CoordinatorRecord::Aborted { txn, cause } => {
-                let entry = self.txns.entry(txn).or_insert(Replayed {
-                    participants: Vec::new(),
-                    created: 0,
-                    decided: 0,
-                    deadline: 0,
-                    state: ReplayedState::Started,
-                });
+                let entry = self
+                    .txns
+                    .entry(txn)
+                    .or_insert_with(|| Replayed::new(Vec::new(), 0, 0, ReplayedState::Started));
                 if !matches!(entry.state, ReplayedState::Committing { .. }) {
                     entry.state = ReplayedState::Finished(Phase::Aborted(cause));
                 }
@@ -1338,6 +1676,8 @@ mod resolve_tests {
             operations: vec![Vec::new()],
             timeout: Duration::from_millis(100),
             first_submitted_unix_ms: 1_500_000,
+            mode: TxnMode::TwoPhase,
+            depends_on: None,
         };
         // It runs (a one-phase transaction to an unreachable participant: still PENDING while
         // its outcome is probed), rather than being refused as possibly forgotten.
@@ -1402,6 +1742,8 @@ mod resolve_tests {
             operations: vec![Vec::new()],
             timeout: Duration::from_millis(100),
             first_submitted_unix_ms: 0,
+            mode: TxnMode::TwoPhase,
+            depends_on: None,
         };
         let entry = coordinator.submit(retry.clone()).await.unwrap();
         assert_eq!(entry.outcome(), Outcome::Aborted);

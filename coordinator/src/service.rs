@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_core::coordinator::{AbortCause, BranchStatus, Phase};
+use concord_core::coordinator::{AbortCause, BranchKind, BranchStatus, Phase, TxnMode};
 use concord_core::limits;
 use concord_core::types::{InvalidInput, Outcome, TxnId, validate_operations};
 use concord_proto::{convert, v1};
@@ -109,18 +109,14 @@ impl<W: Wal> CoordinatorService<W> {
         } else {
             TxnId::parse(&request.txn_id, "txn_id")?
         };
-        match v1::TxnMode::try_from(request.mode) {
-            Ok(v1::TxnMode::Unspecified | v1::TxnMode::TwoPhase) => {}
-            Ok(mode) => {
-                return Err(InvalidInput::new(
-                    "mode",
-                    format!("{} is not supported yet; use TWO_PHASE", mode.as_str_name()),
-                ));
-            }
+        let mode = match v1::TxnMode::try_from(request.mode) {
+            Ok(v1::TxnMode::Unspecified | v1::TxnMode::TwoPhase) => TxnMode::TwoPhase,
+            Ok(v1::TxnMode::Saga) => TxnMode::Saga,
+            Ok(v1::TxnMode::Auto) => TxnMode::Auto,
             Err(_) => {
                 return Err(InvalidInput::new("mode", format!("unknown mode {}", request.mode)));
             }
-        }
+        };
         if request.branches.is_empty() {
             return Err(InvalidInput::new("branches", "must hold at least one branch"));
         }
@@ -152,6 +148,37 @@ impl<W: Wal> CoordinatorService<W> {
         let mut participants = Vec::with_capacity(request.branches.len());
         let mut operations = Vec::with_capacity(request.branches.len());
         let mut payload = 0;
+        let any_dependency = request.branches.iter().any(|b| !b.depends_on.is_empty());
+        if any_dependency && mode == TxnMode::TwoPhase {
+            return Err(InvalidInput::new(
+                "branches.depends_on",
+                "orders saga steps; a TWO_PHASE transaction has none (use SAGA or AUTO)",
+            ));
+        }
+        let mut depends_on = Vec::with_capacity(request.branches.len());
+        for (index, branch) in request.branches.iter().enumerate() {
+            let mut after = Vec::with_capacity(branch.depends_on.len());
+            for &dependency in &branch.depends_on {
+                let dependency = usize::try_from(dependency).unwrap_or(usize::MAX);
+                if dependency >= index {
+                    return Err(InvalidInput::new(
+                        format!("branches[{index}].depends_on"),
+                        format!(
+                            "names branch {dependency}; a step may only run after a branch \
+                             listed before it"
+                        ),
+                    ));
+                }
+                if after.contains(&dependency) {
+                    return Err(InvalidInput::new(
+                        format!("branches[{index}].depends_on"),
+                        format!("names branch {dependency} twice"),
+                    ));
+                }
+                after.push(dependency);
+            }
+            depends_on.push(after);
+        }
         for (index, branch) in request.branches.into_iter().enumerate() {
             if !known.contains(&&branch.participant) {
                 return Err(InvalidInput::new(
@@ -193,6 +220,8 @@ impl<W: Wal> CoordinatorService<W> {
             operations,
             timeout: Duration::from_millis(timeout_ms),
             first_submitted_unix_ms: request.first_submitted_unix_ms,
+            mode,
+            depends_on: any_dependency.then_some(depends_on),
         })
     }
 }
@@ -211,16 +240,23 @@ fn status(error: CoordinatorError) -> Status {
 
 fn txn_state(entry: &Entry) -> v1::TxnState {
     match entry.machine.phase() {
-        Phase::Preparing | Phase::Deciding => v1::TxnState::Preparing,
+        Phase::Preparing => v1::TxnState::Preparing,
+        // Deciding follows Preparing, or Executing when there are saga steps.
+        Phase::Deciding if entry.machine.saga_steps().is_empty() => v1::TxnState::Preparing,
+        Phase::Executing | Phase::Deciding => v1::TxnState::Executing,
         Phase::Committing => v1::TxnState::Committing,
         Phase::Committed => v1::TxnState::Committed,
+        Phase::Compensating(_) if entry.needs_attention => v1::TxnState::NeedsAttention,
+        Phase::Compensating(_) => v1::TxnState::Compensating,
         Phase::Aborted(_) => v1::TxnState::Aborted,
     }
 }
 
 fn abort_to_wire(entry: &Entry) -> Option<v1::AbortCause> {
     use v1::abort_cause::Kind;
-    let Phase::Aborted(cause) = entry.machine.phase() else { return None };
+    let (Phase::Aborted(cause) | Phase::Compensating(cause)) = entry.machine.phase() else {
+        return None;
+    };
     let name = |branch: &usize| entry.participants.get(*branch).cloned().unwrap_or_default();
     let mut wire = v1::AbortCause::default();
     match cause {
@@ -252,6 +288,12 @@ fn abort_to_wire(entry: &Entry) -> Option<v1::AbortCause> {
             wire.kind = Kind::Fenced.into();
             wire.message = "fenced as aborted by a GetTransaction with fence_unknown".into();
         }
+        AbortCause::StepFailed { branch, reason, message } => {
+            wire.kind = Kind::StepFailed.into();
+            wire.participant = name(branch);
+            wire.vote_reason = convert::no_reason_to_wire(*reason).into();
+            wire.message = message.clone();
+        }
     }
     Some(wire)
 }
@@ -274,6 +316,14 @@ fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
                 BranchStatus::Committing => (v1::BranchState::Committing, None),
                 BranchStatus::Committed => (v1::BranchState::Committed, None),
                 BranchStatus::Aborted => (v1::BranchState::Aborted, None),
+                BranchStatus::Waiting => (v1::BranchState::Waiting, None),
+                BranchStatus::Executing => (v1::BranchState::Executing, None),
+                BranchStatus::Executed => (v1::BranchState::Executed, None),
+                BranchStatus::ExecuteFailed(vote) => {
+                    (v1::BranchState::ExecuteFailed, Some(convert::vote_to_wire(vote)))
+                }
+                BranchStatus::Compensating => (v1::BranchState::Compensating, None),
+                BranchStatus::Compensated => (v1::BranchState::Compensated, None),
             };
             v1::BranchInfo {
                 participant: participant.clone(),
@@ -281,6 +331,7 @@ fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
                 vote,
                 delivery_attempts: entry.attempts.get(index).copied().unwrap_or(0),
                 last_error: entry.last_error.get(index).cloned().unwrap_or_default(),
+                saga_step: entry.machine.kinds().get(index) == Some(&BranchKind::Saga),
             }
         })
         .collect();
@@ -290,7 +341,12 @@ fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
         outcome: convert::outcome_to_wire(entry.outcome()).into(),
         abort: abort_to_wire(entry),
         branches,
-        mode: v1::TxnMode::TwoPhase.into(),
+        mode: match entry.machine.mode() {
+            TxnMode::TwoPhase => v1::TxnMode::TwoPhase,
+            TxnMode::Saga => v1::TxnMode::Saga,
+            TxnMode::Auto => v1::TxnMode::Auto,
+        }
+        .into(),
         epoch: entry.epoch.0,
         created_unix_ms: entry.created_unix_ms,
         decided_unix_ms: entry.decided_unix_ms,

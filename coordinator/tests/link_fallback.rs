@@ -70,6 +70,18 @@ impl Participant for UnaryOnly {
     async fn get(&self, _: Request<v1::GetRequest>) -> Result<Response<v1::GetResponse>, Status> {
         unimplemented()
     }
+    async fn execute(
+        &self,
+        _: Request<v1::ExecuteRequest>,
+    ) -> Result<Response<v1::ExecuteResponse>, Status> {
+        unimplemented()
+    }
+    async fn compensate(
+        &self,
+        _: Request<v1::CompensateRequest>,
+    ) -> Result<Response<v1::CompensateResponse>, Status> {
+        unimplemented()
+    }
     async fn scan(
         &self,
         _: Request<v1::ScanRequest>,

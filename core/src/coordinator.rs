@@ -55,19 +55,79 @@ pub enum AbortCause {
     CoordinatorRestart,
     /// A client asked for the outcome of an unknown id and fenced it.
     Fenced,
+    /// A saga step's participant refused its Execute. (Last, so older records keep their
+    /// encoding.)
+    StepFailed {
+        /// The step's branch.
+        branch: usize,
+        /// Its reason.
+        reason: NoReason,
+        /// Its message.
+        message: String,
+    },
 }
 
-/// What a Prepare call produced.
+/// How the coordinator may run a transaction's branches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnMode {
+    /// Every branch prepares (two-phase commit).
+    #[default]
+    TwoPhase,
+    /// Every branch is a saga step (Execute, and Compensate if the saga aborts).
+    Saga,
+    /// Two-phase where the participant can prepare, saga steps elsewhere.
+    Auto,
+}
+
+/// How one branch takes part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BranchKind {
+    /// Prepare, then Commit or Abort.
+    TwoPhase,
+    /// Execute, then Commit (release its undo) or Compensate.
+    Saga,
+}
+
+/// What the machine is asked to run: the transaction's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Each branch's kind as known at the start (in `Auto` mode, a branch starts as two-phase
+    /// unless its participant is known to be unable to prepare).
+    pub kinds: Vec<BranchKind>,
+    /// Saga ordering: for each branch, the lower-indexed branches it runs after. `None`: every
+    /// saga step runs after the saga steps before it (a chain in branch order).
+    pub depends_on: Option<Vec<Vec<usize>>>,
+    /// The mode: in `Auto`, a Prepare answered UNIMPLEMENTED turns its branch into a saga step.
+    pub mode: TxnMode,
+}
+
+impl Plan {
+    /// Plain two-phase commit over `branch_count` branches.
+    #[must_use]
+    pub fn two_phase(branch_count: usize) -> Plan {
+        Plan {
+            kinds: vec![BranchKind::TwoPhase; branch_count],
+            depends_on: None,
+            mode: TxnMode::TwoPhase,
+        }
+    }
+}
+
+/// What a Prepare or an Execute call produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PrepareResult {
-    /// The participant voted.
+    /// The participant voted (for Execute: YES executed, READ_ONLY nothing to undo, NO
+    /// refused).
     Voted(Vote),
     /// A one-phase Prepare that the participant committed.
     OnePhaseCommitted,
-    /// No answer in time: the branch may or may not be prepared.
+    /// No answer in time: the branch may or may not be prepared (executed).
     Timeout,
     /// The participant could not be reached or refused the call.
     Unreachable(String),
+    /// The participant does not implement the call (it cannot prepare, or cannot execute).
+    /// Nothing was done.
+    Unimplemented(String),
 }
 
 /// An input to a transaction's machine.
@@ -89,12 +149,25 @@ pub enum Input {
     },
     /// The decision deadline passed.
     Deadline,
-    /// The forced STARTED record of a one-phase transaction is durable.
+    /// The forced STARTED record (of a one-phase transaction, or of a saga before its first
+    /// Execute) is durable.
     StartedDurable,
     /// The participant of a one-phase transaction answered the Abort probe.
     ProbeAnswered {
         /// It had committed (it refused the Abort); otherwise the Abort left a barrier.
         committed: bool,
+    },
+    /// A saga step's Execute finished.
+    Executed {
+        /// The step's branch.
+        branch: usize,
+        /// How.
+        result: PrepareResult,
+    },
+    /// A saga step's Compensate was acknowledged.
+    Compensated {
+        /// The step's branch.
+        branch: usize,
     },
 }
 
@@ -111,7 +184,7 @@ pub enum Output {
     /// Append and force the COMMIT decision, listing the branches that must get Commit; feed
     /// [`Input::CommitDurable`] once it is durable.
     ForceCommit {
-        /// Branches that voted YES.
+        /// Branches that voted YES, and saga steps that executed (Commit releases their undo).
         branches: Vec<usize>,
     },
     /// Send Commit to a branch, again and again until acknowledged.
@@ -130,12 +203,29 @@ pub enum Output {
     LogEnd,
     /// Append (without forcing) the abort, so GetTransaction can answer with its cause.
     LogAbort(AbortCause),
-    /// Append and force the STARTED record of a one-phase transaction; feed
-    /// [`Input::StartedDurable`] once durable.
+    /// Append and force the STARTED record (of a one-phase transaction, or of a saga, naming
+    /// its steps so recovery compensates them); feed [`Input::StartedDurable`] once durable.
     ForceStarted,
     /// Send Abort to the one-phase branch, again and again until it answers; feed
     /// [`Input::ProbeAnswered`].
     ProbeOnePhase,
+    /// Send Execute to a saga step; feed [`Input::Executed`].
+    SendExecute {
+        /// The step's branch.
+        branch: usize,
+    },
+    /// Send Compensate to a saga step, again and again (with backoff) until acknowledged;
+    /// feed [`Input::Compensated`]. One step at a time, in reverse branch order.
+    SendCompensate {
+        /// The step's branch.
+        branch: usize,
+    },
+    /// Append (without forcing) that a step is compensated (saga progress: recovery does not
+    /// compensate it again). When the machine's phase is then `Aborted`, every step is done.
+    LogCompensated {
+        /// The step's branch.
+        branch: usize,
+    },
 }
 
 /// What the client is told.
@@ -152,13 +242,18 @@ pub enum Decision {
 pub enum Phase {
     /// Prepares sent; votes arriving.
     Preparing,
-    /// Every vote was YES or READ_ONLY; the COMMIT record is being forced.
+    /// Every two-phase branch prepared; saga steps are executing.
+    Executing,
+    /// Every vote was YES or READ_ONLY (and every saga step executed); the COMMIT record is
+    /// being forced.
     Deciding,
     /// The COMMIT record is durable; Commit is being delivered.
     Committing,
     /// Every Commit was acknowledged.
     Committed,
-    /// Aborted.
+    /// Aborted; executed saga steps are being compensated, in reverse order.
+    Compensating(AbortCause),
+    /// Aborted (and every executed saga step compensated).
     Aborted(AbortCause),
 }
 
@@ -169,18 +264,30 @@ pub enum BranchStatus {
     Preparing,
     /// Voted YES.
     Prepared,
-    /// Voted READ_ONLY: gets no phase 2.
+    /// Voted READ_ONLY (or a saga step that executed with nothing to undo): gets no phase 2.
     ReadOnly,
     /// Voted NO.
     VotedNo(Vote),
-    /// No answer (timeout or unreachable): may be prepared.
+    /// No answer (timeout or unreachable): may be prepared (or executed).
     Unknown,
     /// Commit sent, not acknowledged.
     Committing,
     /// Commit acknowledged (or committed in one phase).
     Committed,
-    /// Abort sent (or nothing to abort).
+    /// Abort sent (or nothing to abort; for a saga step, never started).
     Aborted,
+    /// Saga step waiting for the steps it runs after.
+    Waiting,
+    /// Saga step: Execute sent, no answer yet.
+    Executing,
+    /// Saga step executed.
+    Executed,
+    /// Saga step refused by its participant: nothing applied.
+    ExecuteFailed(Vote),
+    /// Saga step to be compensated (Compensate sent, or queued behind later steps).
+    Compensating,
+    /// Saga step compensated.
+    Compensated,
 }
 
 /// The state machine of one transaction. See the module documentation.
@@ -188,27 +295,58 @@ pub enum BranchStatus {
 pub struct TxnMachine {
     phase: Phase,
     branches: Vec<BranchStatus>,
+    kinds: Vec<BranchKind>,
+    depends_on: Option<Vec<Vec<usize>>>,
+    mode: TxnMode,
+    /// A single two-phase branch: one-phase commit.
+    one_phase: bool,
 }
 
 impl TxnMachine {
-    /// A transaction over `branch_count` branches; returns the machine and the Prepares to send.
+    /// A two-phase transaction over `branch_count` branches; returns the machine and the
+    /// Prepares to send.
     #[must_use]
     pub fn start(branch_count: usize) -> (TxnMachine, Vec<Output>) {
-        assert!(branch_count > 0, "a transaction has at least one branch");
-        let outputs = if branch_count == 1 {
+        TxnMachine::start_with(Plan::two_phase(branch_count))
+    }
+
+    /// A transaction as `plan` shapes it: Prepare goes to every two-phase branch; once they all
+    /// prepared, the saga steps execute (after a forced STARTED record naming them); then the
+    /// decision.
+    #[must_use]
+    pub fn start_with(plan: Plan) -> (TxnMachine, Vec<Output>) {
+        let count = plan.kinds.len();
+        assert!(count > 0, "a transaction has at least one branch");
+        let one_phase =
+            count == 1 && plan.mode == TxnMode::TwoPhase && plan.kinds[0] == BranchKind::TwoPhase;
+        let branches = plan
+            .kinds
+            .iter()
+            .map(|kind| match kind {
+                BranchKind::TwoPhase => BranchStatus::Preparing,
+                BranchKind::Saga => BranchStatus::Waiting,
+            })
+            .collect();
+        let mut machine = TxnMachine {
+            phase: Phase::Preparing,
+            branches,
+            kinds: plan.kinds,
+            depends_on: plan.depends_on,
+            mode: plan.mode,
+            one_phase,
+        };
+        let outputs = if one_phase {
             vec![Output::ForceStarted]
-        } else {
-            (0..branch_count)
+        } else if machine.kinds.contains(&BranchKind::TwoPhase) {
+            (0..count)
+                .filter(|&b| machine.kinds[b] == BranchKind::TwoPhase)
                 .map(|branch| Output::SendPrepare { branch, one_phase: false })
                 .collect()
+        } else {
+            machine.phase = Phase::Executing;
+            vec![Output::ForceStarted]
         };
-        (
-            TxnMachine {
-                phase: Phase::Preparing,
-                branches: vec![BranchStatus::Preparing; branch_count],
-            },
-            outputs,
-        )
+        (machine, outputs)
     }
 
     /// A transaction recovered with a durable COMMIT decision: re-drives Commit to `pending`.
@@ -224,7 +362,41 @@ impl TxnMachine {
         if phase == Phase::Committed {
             outputs.push(Output::LogEnd);
         }
-        (TxnMachine { phase, branches }, outputs)
+        let machine =
+            TxnMachine { phase, branches, ..TxnMachine::finished(branch_count, Phase::Committed) };
+        (machine, outputs)
+    }
+
+    /// A recovered saga that aborted (or was undecided at the crash, `cause` then says so):
+    /// Abort goes to every two-phase branch, and every step in `to_compensate` is compensated,
+    /// in reverse order. Steps not listed were compensated already.
+    #[must_use]
+    pub fn recover_compensating(
+        kinds: Vec<BranchKind>,
+        to_compensate: &[usize],
+        cause: AbortCause,
+    ) -> (TxnMachine, Vec<Output>) {
+        let branches = (0..kinds.len())
+            .map(|b| match kinds[b] {
+                BranchKind::TwoPhase => BranchStatus::Aborted,
+                BranchKind::Saga if to_compensate.contains(&b) => BranchStatus::Compensating,
+                BranchKind::Saga => BranchStatus::Compensated,
+            })
+            .collect();
+        let mut machine = TxnMachine {
+            phase: Phase::Compensating(cause.clone()),
+            branches,
+            kinds,
+            depends_on: None,
+            mode: TxnMode::Saga,
+            one_phase: false,
+        };
+        let mut outputs: Vec<Output> = (0..machine.kinds.len())
+            .filter(|&b| machine.kinds[b] == BranchKind::TwoPhase)
+            .map(|branch| Output::SendAbort { branch })
+            .collect();
+        outputs.extend(machine.next_compensation(cause));
+        (machine, outputs)
     }
 
     /// The current phase.
@@ -239,6 +411,24 @@ impl TxnMachine {
         &self.branches
     }
 
+    /// Every branch's kind.
+    #[must_use]
+    pub fn kinds(&self) -> &[BranchKind] {
+        &self.kinds
+    }
+
+    /// The saga steps (branches running as saga steps), in branch order.
+    #[must_use]
+    pub fn saga_steps(&self) -> Vec<usize> {
+        (0..self.kinds.len()).filter(|&b| self.kinds[b] == BranchKind::Saga).collect()
+    }
+
+    /// The mode it runs in.
+    #[must_use]
+    pub fn mode(&self) -> TxnMode {
+        self.mode
+    }
+
     /// Feeds one input; returns what to do.
     pub fn handle(&mut self, input: Input) -> Vec<Output> {
         match input {
@@ -246,14 +436,21 @@ impl TxnMachine {
             Input::CommitDurable => self.handle_commit_durable(),
             Input::CommitAcknowledged { branch } => self.handle_commit_acknowledged(branch),
             // One phase: the participant decides, not the deadline.
-            Input::Deadline if self.one_phase() => Vec::new(),
+            Input::Deadline if self.one_phase => Vec::new(),
             Input::Deadline => match self.phase {
-                Phase::Preparing => self.abort(AbortCause::Deadline),
+                Phase::Preparing | Phase::Executing => self.abort(AbortCause::Deadline),
                 _ => Vec::new(),
             },
-            Input::StartedDurable => {
-                assert!(self.one_phase(), "only one-phase transactions force STARTED");
+            Input::StartedDurable if self.one_phase => {
                 vec![Output::SendPrepare { branch: 0, one_phase: true }]
+            }
+            Input::StartedDurable => {
+                assert_eq!(
+                    self.phase,
+                    Phase::Executing,
+                    "only sagas force STARTED, before executing"
+                );
+                self.ready_steps()
             }
             Input::ProbeAnswered { committed } => {
                 if self.phase != Phase::Preparing || self.branches[0] != BranchStatus::Unknown {
@@ -270,6 +467,8 @@ impl TxnMachine {
                     vec![Output::Reply(Decision::Aborted(cause.clone())), Output::LogAbort(cause)]
                 }
             }
+            Input::Executed { branch, result } => self.handle_executed(branch, result),
+            Input::Compensated { branch } => self.handle_compensated(branch),
         }
     }
 
@@ -278,18 +477,34 @@ impl TxnMachine {
     pub fn finished(branch_count: usize, phase: Phase) -> TxnMachine {
         let status =
             if phase == Phase::Committed { BranchStatus::Committed } else { BranchStatus::Aborted };
-        TxnMachine { phase, branches: vec![status; branch_count] }
+        TxnMachine {
+            phase,
+            branches: vec![status; branch_count],
+            kinds: vec![BranchKind::TwoPhase; branch_count],
+            depends_on: None,
+            mode: TxnMode::TwoPhase,
+            one_phase: branch_count == 1,
+        }
+    }
+
+    /// Marks which branches ran as saga steps and in which mode (for a recovered entry's
+    /// display).
+    #[must_use]
+    pub fn with_kinds(mut self, kinds: Vec<BranchKind>, mode: TxnMode) -> TxnMachine {
+        if kinds.len() == self.branches.len() {
+            self.one_phase = self.one_phase && !kinds.contains(&BranchKind::Saga);
+            self.kinds = kinds;
+            self.mode = mode;
+        }
+        self
     }
 
     /// A recovered one-phase transaction with no known outcome: probe its participant.
     #[must_use]
     pub fn recover_one_phase() -> (TxnMachine, Vec<Output>) {
-        let machine = TxnMachine { phase: Phase::Preparing, branches: vec![BranchStatus::Unknown] };
+        let mut machine = TxnMachine::finished(1, Phase::Preparing);
+        machine.branches = vec![BranchStatus::Unknown];
         (machine, vec![Output::ProbeOnePhase])
-    }
-
-    fn one_phase(&self) -> bool {
-        self.branches.len() == 1
     }
 
     fn handle_prepared(&mut self, branch: usize, result: PrepareResult) -> Vec<Output> {
@@ -312,7 +527,12 @@ impl TxnMachine {
                     BranchStatus::VotedNo(Vote::No { reason, message: message.clone() });
                 return self.abort(AbortCause::VoteNo { branch, reason, message });
             }
-            PrepareResult::Timeout | PrepareResult::Unreachable(_) if self.one_phase() => {
+            PrepareResult::Unimplemented(_) if self.mode == TxnMode::Auto => {
+                // It cannot prepare: it runs as a saga step instead. Nothing was prepared.
+                self.kinds[branch] = BranchKind::Saga;
+                self.branches[branch] = BranchStatus::Waiting;
+            }
+            PrepareResult::Timeout | PrepareResult::Unreachable(_) if self.one_phase => {
                 // It may have committed: only the participant can say.
                 self.branches[branch] = BranchStatus::Unknown;
                 return vec![Output::ProbeOnePhase];
@@ -325,27 +545,154 @@ impl TxnMachine {
                 self.branches[branch] = BranchStatus::Unknown;
                 return self.abort(AbortCause::Unreachable { branch, message });
             }
+            PrepareResult::Unimplemented(message) => {
+                // Two-phase mode: a participant that cannot prepare cannot take part. It did
+                // nothing, so it needs no Abort.
+                self.branches[branch] = BranchStatus::Aborted;
+                return self.abort(AbortCause::Unreachable {
+                    branch,
+                    message: format!(
+                        "the participant cannot prepare ({message}); submit with mode AUTO or \
+                         SAGA to run its branch as a saga step"
+                    ),
+                });
+            }
         }
         if self.branches.contains(&BranchStatus::Preparing) {
             return Vec::new();
         }
-        let yes: Vec<usize> = self.branches_in(&BranchStatus::Prepared);
-        if yes.is_empty() {
+        if self.kinds.contains(&BranchKind::Saga) {
+            // Every two-phase branch holds its locks: now the saga steps, once the STARTED
+            // record naming them is durable (so a crash from here on compensates them).
+            self.phase = Phase::Executing;
+            return vec![Output::ForceStarted];
+        }
+        self.decide()
+    }
+
+    /// Every two-phase branch prepared and every saga step executed: commit.
+    fn decide(&mut self) -> Vec<Output> {
+        let to_commit: Vec<usize> = (0..self.branches.len())
+            .filter(|&b| {
+                matches!(self.branches[b], BranchStatus::Prepared | BranchStatus::Executed)
+            })
+            .collect();
+        if to_commit.is_empty() {
             // Every branch was read-only: nothing to commit anywhere, nothing to log.
             self.phase = Phase::Committed;
             return vec![Output::Reply(Decision::Committed), Output::LogEnd];
         }
         self.phase = Phase::Deciding;
-        vec![Output::ForceCommit { branches: yes }]
+        vec![Output::ForceCommit { branches: to_commit }]
+    }
+
+    fn handle_executed(&mut self, branch: usize, result: PrepareResult) -> Vec<Output> {
+        if self.branches.get(branch) != Some(&BranchStatus::Executing) {
+            return Vec::new(); // late: the saga aborted meanwhile
+        }
+        debug_assert_eq!(self.phase, Phase::Executing, "an Execute answered outside executing");
+        match result {
+            PrepareResult::Voted(Vote::Yes) => self.branches[branch] = BranchStatus::Executed,
+            PrepareResult::Voted(Vote::ReadOnly) | PrepareResult::OnePhaseCommitted => {
+                self.branches[branch] = BranchStatus::ReadOnly;
+            }
+            PrepareResult::Voted(Vote::No { reason, message }) => {
+                self.branches[branch] =
+                    BranchStatus::ExecuteFailed(Vote::No { reason, message: message.clone() });
+                return self.abort(AbortCause::StepFailed { branch, reason, message });
+            }
+            PrepareResult::Unimplemented(message) => {
+                let vote = Vote::no(NoReason::Invalid, format!("cannot execute: {message}"));
+                self.branches[branch] = BranchStatus::ExecuteFailed(vote);
+                return self.abort(AbortCause::StepFailed {
+                    branch,
+                    reason: NoReason::Invalid,
+                    message: format!("the participant cannot run saga steps ({message})"),
+                });
+            }
+            PrepareResult::Timeout => {
+                self.branches[branch] = BranchStatus::Unknown;
+                return self.abort(AbortCause::Timeout { branch });
+            }
+            PrepareResult::Unreachable(message) => {
+                self.branches[branch] = BranchStatus::Unknown;
+                return self.abort(AbortCause::Unreachable { branch, message });
+            }
+        }
+        let steps = self.saga_steps();
+        if steps
+            .iter()
+            .all(|&b| matches!(self.branches[b], BranchStatus::Executed | BranchStatus::ReadOnly))
+        {
+            return self.decide();
+        }
+        self.ready_steps()
+    }
+
+    /// Execute for every waiting step whose predecessors have executed.
+    fn ready_steps(&mut self) -> Vec<Output> {
+        let done = |status: &BranchStatus| {
+            matches!(
+                status,
+                BranchStatus::Executed | BranchStatus::ReadOnly | BranchStatus::Prepared
+            )
+        };
+        let mut outputs = Vec::new();
+        for branch in self.saga_steps() {
+            if self.branches[branch] != BranchStatus::Waiting {
+                continue;
+            }
+            let ready = match &self.depends_on {
+                Some(depends_on) => depends_on.get(branch).is_none_or(|after| {
+                    after.iter().all(|&a| self.branches.get(a).is_some_and(done))
+                }),
+                None => (0..branch)
+                    .filter(|&b| self.kinds[b] == BranchKind::Saga)
+                    .all(|b| done(&self.branches[b])),
+            };
+            if ready {
+                self.branches[branch] = BranchStatus::Executing;
+                outputs.push(Output::SendExecute { branch });
+            }
+        }
+        outputs
+    }
+
+    fn handle_compensated(&mut self, branch: usize) -> Vec<Output> {
+        if self.branches.get(branch) != Some(&BranchStatus::Compensating) {
+            return Vec::new();
+        }
+        let Phase::Compensating(cause) = self.phase.clone() else { return Vec::new() };
+        self.branches[branch] = BranchStatus::Compensated;
+        let mut outputs = vec![Output::LogCompensated { branch }];
+        outputs.extend(self.next_compensation(cause));
+        outputs
+    }
+
+    /// Compensate for the highest-indexed step still to compensate, or, when none is left, the
+    /// end of the abort.
+    fn next_compensation(&mut self, cause: AbortCause) -> Vec<Output> {
+        match (0..self.branches.len())
+            .rev()
+            .find(|&b| self.branches[b] == BranchStatus::Compensating)
+        {
+            Some(branch) => vec![Output::SendCompensate { branch }],
+            None => {
+                self.phase = Phase::Aborted(cause);
+                Vec::new()
+            }
+        }
     }
 
     fn handle_commit_durable(&mut self) -> Vec<Output> {
         assert_eq!(self.phase, Phase::Deciding, "COMMIT became durable outside the deciding phase");
         self.phase = Phase::Committing;
         let mut outputs = vec![Output::Reply(Decision::Committed)];
-        for branch in self.branches_in(&BranchStatus::Prepared) {
-            self.branches[branch] = BranchStatus::Committing;
-            outputs.push(Output::SendCommit { branch });
+        for branch in 0..self.branches.len() {
+            if matches!(self.branches[branch], BranchStatus::Prepared | BranchStatus::Executed) {
+                self.branches[branch] = BranchStatus::Committing;
+                outputs.push(Output::SendCommit { branch });
+            }
         }
         outputs
     }
@@ -363,28 +710,40 @@ impl TxnMachine {
     }
 
     fn abort(&mut self, cause: AbortCause) -> Vec<Output> {
-        assert_eq!(self.phase, Phase::Preparing, "only an undecided transaction can abort");
-        self.phase = Phase::Aborted(cause.clone());
+        assert!(
+            matches!(self.phase, Phase::Preparing | Phase::Executing),
+            "only an undecided transaction can abort"
+        );
         let mut outputs =
-            vec![Output::Reply(Decision::Aborted(cause.clone())), Output::LogAbort(cause)];
+            vec![Output::Reply(Decision::Aborted(cause.clone())), Output::LogAbort(cause.clone())];
         for branch in 0..self.branches.len() {
-            match self.branches[branch] {
+            match (self.kinds[branch], &self.branches[branch]) {
                 // Prepared, maybe prepared, or not answered yet: tell it now. An Abort that
                 // overtakes its Prepare leaves a barrier there, so the Prepare cannot lock
                 // later; one that follows it releases the locks at once, without waiting for
                 // the vote to come back.
-                BranchStatus::Prepared | BranchStatus::Unknown | BranchStatus::Preparing => {
+                (
+                    BranchKind::TwoPhase,
+                    BranchStatus::Prepared | BranchStatus::Unknown | BranchStatus::Preparing,
+                ) => {
                     self.branches[branch] = BranchStatus::Aborted;
                     outputs.push(Output::SendAbort { branch });
+                }
+                // Executed, maybe executed, or not answered yet: compensate it. A Compensate
+                // that overtakes its Execute leaves a barrier, so the Execute cannot apply.
+                (
+                    BranchKind::Saga,
+                    BranchStatus::Executed | BranchStatus::Unknown | BranchStatus::Executing,
+                ) => self.branches[branch] = BranchStatus::Compensating,
+                (BranchKind::Saga, BranchStatus::Waiting) => {
+                    self.branches[branch] = BranchStatus::Aborted;
                 }
                 _ => {}
             }
         }
+        self.phase = Phase::Compensating(cause.clone());
+        outputs.extend(self.next_compensation(cause));
         outputs
-    }
-
-    fn branches_in(&self, status: &BranchStatus) -> Vec<usize> {
-        (0..self.branches.len()).filter(|&b| self.branches[b] == *status).collect()
     }
 }
 
@@ -461,6 +820,36 @@ pub enum CoordinatorRecord {
         txn: TxnId,
         /// When it was fenced.
         fenced_unix_ms: u64,
+    },
+    /// A transaction with saga steps started. Forced before its first Execute, so that after a
+    /// crash recovery compensates every step that may have executed.
+    SagaStarted {
+        /// The transaction.
+        txn: TxnId,
+        /// Participant names, in branch order.
+        participants: Vec<String>,
+        /// Each branch's kind.
+        kinds: Vec<BranchKind>,
+        /// The mode it was submitted with.
+        mode: TxnMode,
+        /// Wall-clock start.
+        created_unix_ms: u64,
+        /// The deadline sent with Prepare and Execute (and again with Compensate).
+        deadline_unix_ms: u64,
+    },
+    /// A saga step was compensated (not forced: if lost, recovery compensates it again, which
+    /// the participant acknowledges again).
+    Compensated {
+        /// The transaction.
+        txn: TxnId,
+        /// The step's branch.
+        branch: usize,
+    },
+    /// Every saga step that needed it is compensated: the aborted saga is finished (not
+    /// forced: if lost, recovery compensates the steps again, which is harmless).
+    CompensationDone {
+        /// The transaction.
+        txn: TxnId,
     },
 }
 
@@ -654,6 +1043,220 @@ mod tests {
         );
         machine.handle(Input::CommitAcknowledged { branch: 0 });
         assert_eq!(machine.handle(Input::CommitAcknowledged { branch: 2 }), vec![Output::LogEnd]);
+    }
+
+    fn saga(steps: usize) -> Plan {
+        Plan { kinds: vec![BranchKind::Saga; steps], depends_on: None, mode: TxnMode::Saga }
+    }
+
+    fn executed(branch: usize, vote: Vote) -> Input {
+        Input::Executed { branch, result: PrepareResult::Voted(vote) }
+    }
+
+    /// A saga forces its STARTED record before the first Execute, runs its steps one after
+    /// another, and commits (Commit releases each executed step's undo).
+    #[test]
+    fn saga_steps_run_in_order_after_started_is_durable_then_commit() {
+        let (mut machine, outputs) = TxnMachine::start_with(saga(3));
+        assert_eq!(outputs, vec![Output::ForceStarted]);
+        assert_eq!(machine.phase(), &Phase::Executing);
+        assert_eq!(machine.handle(Input::StartedDurable), vec![Output::SendExecute { branch: 0 }]);
+        assert_eq!(machine.handle(executed(0, Vote::Yes)), vec![Output::SendExecute { branch: 1 }]);
+        assert_eq!(
+            machine.handle(executed(1, Vote::ReadOnly)),
+            vec![Output::SendExecute { branch: 2 }]
+        );
+        assert_eq!(
+            machine.handle(executed(2, Vote::Yes)),
+            vec![Output::ForceCommit { branches: vec![0, 2] }]
+        );
+        assert_eq!(
+            machine.handle(Input::CommitDurable),
+            vec![
+                Output::Reply(Decision::Committed),
+                Output::SendCommit { branch: 0 },
+                Output::SendCommit { branch: 2 }
+            ]
+        );
+    }
+
+    /// A step failing at any position compensates every step before it, in reverse order, one
+    /// at a time, each logged; the failed step itself did nothing and is not compensated.
+    #[test]
+    fn a_failed_step_compensates_the_executed_steps_in_reverse_order() {
+        for failing in 0..4 {
+            let (mut machine, _) = TxnMachine::start_with(saga(4));
+            machine.handle(Input::StartedDurable);
+            for step in 0..failing {
+                machine.handle(executed(step, Vote::Yes));
+            }
+            let no = Vote::no(NoReason::BoundCrossed, "low");
+            let cause = AbortCause::StepFailed {
+                branch: failing,
+                reason: NoReason::BoundCrossed,
+                message: "low".into(),
+            };
+            let mut outputs = machine.handle(executed(failing, no));
+            assert_eq!(outputs[0], Output::Reply(Decision::Aborted(cause.clone())));
+            assert_eq!(outputs[1], Output::LogAbort(cause.clone()));
+            let mut order = Vec::new();
+            while let Some(Output::SendCompensate { branch }) = outputs.last().cloned() {
+                order.push(branch);
+                assert!(matches!(machine.phase(), Phase::Compensating(_)));
+                outputs = machine.handle(Input::Compensated { branch });
+                assert_eq!(outputs[0], Output::LogCompensated { branch });
+            }
+            assert_eq!(order, (0..failing).rev().collect::<Vec<_>>(), "failing at {failing}");
+            assert_eq!(machine.phase(), &Phase::Aborted(cause));
+        }
+    }
+
+    /// A step that did not answer may have executed: it is compensated too (its Compensate
+    /// leaves a barrier if the Execute has not arrived), first, as the latest step.
+    #[test]
+    fn a_silent_step_is_compensated_first() {
+        let (mut machine, _) = TxnMachine::start_with(saga(3));
+        machine.handle(Input::StartedDurable);
+        machine.handle(executed(0, Vote::Yes));
+        let outputs = machine.handle(Input::Executed { branch: 1, result: PrepareResult::Timeout });
+        assert_eq!(outputs.last(), Some(&Output::SendCompensate { branch: 1 }));
+        assert_eq!(
+            machine.handle(Input::Compensated { branch: 1 }),
+            vec![Output::LogCompensated { branch: 1 }, Output::SendCompensate { branch: 0 }]
+        );
+        assert_eq!(machine.branches()[2], BranchStatus::Aborted, "never started");
+        assert_eq!(machine.handle(Input::Compensated { branch: 1 }), vec![], "duplicate ack");
+    }
+
+    /// The deadline aborts a saga while it executes, compensating the step in flight too;
+    /// once the decision is being forced it is ignored.
+    #[test]
+    fn the_deadline_aborts_an_executing_saga() {
+        let (mut machine, _) = TxnMachine::start_with(saga(3));
+        machine.handle(Input::StartedDurable);
+        machine.handle(executed(0, Vote::Yes));
+        let outputs = machine.handle(Input::Deadline);
+        assert_eq!(outputs[0], Output::Reply(Decision::Aborted(AbortCause::Deadline)));
+        assert_eq!(outputs.last(), Some(&Output::SendCompensate { branch: 1 }));
+        assert_eq!(machine.handle(executed(1, Vote::Yes)), vec![], "a late answer changes nothing");
+    }
+
+    /// With dependencies, a step starts once every step it runs after executed, and
+    /// independent steps run side by side.
+    #[test]
+    fn dependencies_let_independent_steps_run_side_by_side() {
+        let plan = Plan {
+            kinds: vec![BranchKind::Saga; 4],
+            depends_on: Some(vec![vec![], vec![0], vec![0], vec![1, 2]]),
+            mode: TxnMode::Saga,
+        };
+        let (mut machine, _) = TxnMachine::start_with(plan);
+        assert_eq!(machine.handle(Input::StartedDurable), vec![Output::SendExecute { branch: 0 }]);
+        assert_eq!(
+            machine.handle(executed(0, Vote::Yes)),
+            vec![Output::SendExecute { branch: 1 }, Output::SendExecute { branch: 2 }]
+        );
+        assert_eq!(machine.handle(executed(2, Vote::Yes)), vec![]);
+        assert_eq!(machine.handle(executed(1, Vote::Yes)), vec![Output::SendExecute { branch: 3 }]);
+    }
+
+    /// Hybrid: the two-phase branches prepare first, then the saga steps run, then the
+    /// decision; a failed step aborts the prepared branches and compensates the executed steps.
+    #[test]
+    fn hybrid_prepares_then_executes_then_decides() {
+        let plan = Plan {
+            kinds: vec![BranchKind::TwoPhase, BranchKind::Saga, BranchKind::Saga],
+            depends_on: None,
+            mode: TxnMode::Auto,
+        };
+        let (mut committed, outputs) = TxnMachine::start_with(plan.clone());
+        assert_eq!(outputs, vec![Output::SendPrepare { branch: 0, one_phase: false }]);
+        assert_eq!(committed.handle(yes(0)), vec![Output::ForceStarted]);
+        assert_eq!(
+            committed.handle(Input::StartedDurable),
+            vec![Output::SendExecute { branch: 1 }]
+        );
+        committed.handle(executed(1, Vote::Yes));
+        assert_eq!(
+            committed.handle(executed(2, Vote::Yes)),
+            vec![Output::ForceCommit { branches: vec![0, 1, 2] }]
+        );
+
+        let (mut aborted, _) = TxnMachine::start_with(plan);
+        aborted.handle(yes(0));
+        aborted.handle(Input::StartedDurable);
+        aborted.handle(executed(1, Vote::Yes));
+        let outputs = aborted.handle(executed(2, Vote::no(NoReason::Invalid, "declined")));
+        assert!(outputs.contains(&Output::SendAbort { branch: 0 }));
+        assert_eq!(outputs.last(), Some(&Output::SendCompensate { branch: 1 }));
+        aborted.handle(Input::Compensated { branch: 1 });
+        assert!(matches!(
+            aborted.phase(),
+            Phase::Aborted(AbortCause::StepFailed { branch: 2, .. })
+        ));
+
+        // A NO from a two-phase branch aborts before any step executes.
+        let plan = Plan {
+            kinds: vec![BranchKind::TwoPhase, BranchKind::Saga],
+            depends_on: None,
+            mode: TxnMode::Auto,
+        };
+        let (mut refused, _) = TxnMachine::start_with(plan);
+        let outputs = refused.handle(Input::Prepared {
+            branch: 0,
+            result: PrepareResult::Voted(Vote::no(NoReason::Conflict, "locked")),
+        });
+        assert!(
+            !outputs
+                .iter()
+                .any(|o| matches!(o, Output::SendExecute { .. } | Output::SendCompensate { .. }))
+        );
+        assert!(matches!(refused.phase(), Phase::Aborted(_)));
+    }
+
+    /// In automatic mode a Prepare answered UNIMPLEMENTED turns its branch into a saga step;
+    /// in two-phase mode it aborts the transaction, naming the way out.
+    #[test]
+    fn unimplemented_prepare_becomes_a_saga_step_only_in_auto_mode() {
+        let unimplemented =
+            Input::Prepared { branch: 1, result: PrepareResult::Unimplemented("no".into()) };
+        let plan =
+            Plan { kinds: vec![BranchKind::TwoPhase; 2], depends_on: None, mode: TxnMode::Auto };
+        let (mut auto, _) = TxnMachine::start_with(plan);
+        assert_eq!(auto.handle(unimplemented.clone()), vec![]);
+        assert_eq!(auto.handle(yes(0)), vec![Output::ForceStarted]);
+        assert_eq!(auto.saga_steps(), vec![1]);
+        assert_eq!(auto.handle(Input::StartedDurable), vec![Output::SendExecute { branch: 1 }]);
+
+        let (mut strict, _) = TxnMachine::start(2);
+        let outputs = strict.handle(unimplemented);
+        match &outputs[0] {
+            Output::Reply(Decision::Aborted(AbortCause::Unreachable { branch: 1, message })) => {
+                assert!(message.contains("mode AUTO or SAGA"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!outputs.contains(&Output::SendAbort { branch: 1 }), "it prepared nothing");
+    }
+
+    /// Recovery of an aborted (or undecided) saga aborts its two-phase branches and resumes
+    /// compensation from the latest step not yet compensated.
+    #[test]
+    fn recovered_saga_resumes_compensation() {
+        let kinds =
+            vec![BranchKind::TwoPhase, BranchKind::Saga, BranchKind::Saga, BranchKind::Saga];
+        let (mut machine, outputs) =
+            TxnMachine::recover_compensating(kinds, &[1, 2], AbortCause::CoordinatorRestart);
+        assert_eq!(
+            outputs,
+            vec![Output::SendAbort { branch: 0 }, Output::SendCompensate { branch: 2 }]
+        );
+        machine.handle(Input::Compensated { branch: 2 });
+        assert_eq!(
+            machine.handle(Input::Compensated { branch: 1 }),
+            vec![Output::LogCompensated { branch: 1 }]
+        );
+        assert_eq!(machine.phase(), &Phase::Aborted(AbortCause::CoordinatorRestart));
     }
 
     /// Coordinator records round-trip through the log encoding.

@@ -29,6 +29,9 @@ pub const DEFAULT_TXN_TIMEOUT_MS: u64 = 5_000;
 pub const DECISION_RETENTION_MS: u64 = 60_000;
 /// Branches a participant holds prepared at once; a Prepare beyond votes NO (overloaded).
 pub const MAX_PREPARED_BRANCHES: usize = 16_384;
+/// Executed saga steps a participant holds undo information for at once (until the saga's
+/// Commit or the step's Compensate); an Execute beyond votes NO (overloaded).
+pub const MAX_EXECUTED_STEPS: usize = 16_384;
 /// Decided transactions a participant remembers (for idempotency and barriers) at once.
 pub const MAX_REMEMBERED_DECISIONS: usize = 2 * 1_048_576;
 /// The largest write-ahead-log record.
@@ -68,4 +71,5 @@ const _: () = {
     assert!(DEFAULT_TXN_TIMEOUT_MS <= MAX_TXN_TIMEOUT_MS);
     assert!(DEFAULT_PAGE_SIZE <= MAX_PAGE_SIZE);
     assert!(MAX_PREPARED_BRANCHES <= MAX_REMEMBERED_DECISIONS);
+    assert!(MAX_EXECUTED_STEPS <= MAX_REMEMBERED_DECISIONS);
 };

@@ -22,7 +22,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use crate::limits;
-use crate::record::{CheckpointBranch, CheckpointDecision, ParticipantRecord, Write};
+use crate::record::{
+    CheckpointBranch, CheckpointDecision, CheckpointStep, ParticipantRecord, Write,
+};
 use crate::types::{Epoch, Expect, InvalidInput, Key, NoReason, Operation, Outcome, TxnId, Vote};
 use crate::types::{counter, validate_operations};
 
@@ -50,6 +52,8 @@ pub struct EngineLimits {
     pub max_prepared: usize,
     /// Decisions remembered at once.
     pub max_remembered: usize,
+    /// Executed saga steps held (with their undo) at once.
+    pub max_steps: usize,
 }
 
 impl Default for EngineLimits {
@@ -57,6 +61,7 @@ impl Default for EngineLimits {
         EngineLimits {
             max_prepared: limits::MAX_PREPARED_BRANCHES,
             max_remembered: limits::MAX_REMEMBERED_DECISIONS,
+            max_steps: limits::MAX_EXECUTED_STEPS,
         }
     }
 }
@@ -103,11 +108,18 @@ pub enum PrepareStep {
     },
 }
 
-/// What the driver does after [`ParticipantEngine::handle_commit`].
+/// What the driver does after [`ParticipantEngine::handle_commit`] or
+/// [`ParticipantEngine::handle_compensate`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum CommitStep {
-    /// Already committed: acknowledge now.
+    /// Already done: acknowledge now.
     Acknowledge,
+    /// Wait until `lsn` is durable (nothing to apply: a saga's Commit releasing a step's undo);
+    /// then acknowledge.
+    Durable {
+        /// The record to wait for.
+        lsn: u64,
+    },
     /// Wait until `lsn` is durable; then, if `apply` is set, apply the writes with version `lsn`
     /// and call [`ParticipantEngine::commit_applied`]; then acknowledge.
     AfterDurable {
@@ -158,6 +170,15 @@ pub enum EngineError<E> {
     /// retention): the participant cannot answer without guessing, so it refuses.
     #[error("{0}")]
     Forgotten(String),
+    /// The message may succeed later (a key it needs is locked by a prepared branch, or the
+    /// step is still being applied): nothing changed; retry (ABORTED).
+    #[error("{0}")]
+    Busy(String),
+    /// Compensate cannot undo the step: a key it wrote changed since (another transaction
+    /// wrote it, which sagas do not prevent). Nothing changed; an operator must look
+    /// (FAILED_PRECONDITION).
+    #[error("{0}")]
+    CannotCompensate(String),
     /// Reading committed state or appending to the log failed: fatal.
     #[error("storage failed: {0}")]
     Storage(E),
@@ -173,6 +194,18 @@ struct Branch {
     prepared_lsn: u64,
     /// Set once Commit was logged; the writes may not be applied yet.
     commit_lsn: Option<u64>,
+}
+
+/// An executed saga step, holding what undoes it until the saga commits or compensates it.
+#[derive(Clone, Debug)]
+struct Step {
+    epoch: Epoch,
+    writes: Vec<Write>,
+    /// The before-image of every key in `writes`.
+    undo: Vec<Write>,
+    deadline_unix_ms: u64,
+    /// The LSN of the EXECUTED record: the version its writes took.
+    executed_lsn: u64,
 }
 
 /// A remembered decision.
@@ -201,8 +234,12 @@ pub struct InDoubt {
 #[derive(Debug, Default)]
 pub struct ParticipantEngine {
     limits: EngineLimits,
-    /// Prepared branches (including those whose commit is logged but not yet applied).
+    /// Prepared branches (including those whose commit is logged but not yet applied, and
+    /// saga steps whose Execute or Compensate is logged but not yet applied: they hold their
+    /// keys locked until then).
     branches: BTreeMap<TxnId, Branch>,
+    /// Executed saga steps, until the saga's Commit or the step's Compensate.
+    steps: BTreeMap<TxnId, Step>,
     /// Which branch holds each locked key.
     locks: HashMap<Key, TxnId>,
     /// Decisions remembered so duplicates and late messages get the same answer.
@@ -231,6 +268,7 @@ pub struct ParticipantEngine {
 pub struct CheckpointSnapshot {
     id: u64,
     branches: Vec<CheckpointBranch>,
+    steps: Vec<CheckpointStep>,
     decisions: Vec<CheckpointDecision>,
 }
 
@@ -244,6 +282,12 @@ impl CheckpointSnapshot {
             self.branches.into_iter(),
             max_record_bytes,
             ParticipantRecord::CheckpointBranches,
+            &mut records,
+        );
+        chunk(
+            self.steps.into_iter(),
+            max_record_bytes,
+            ParticipantRecord::CheckpointSteps,
             &mut records,
         );
         let mut decisions = self.decisions;
@@ -268,6 +312,7 @@ struct ParticipantEngineSnapshot {
     max_epoch: Epoch,
     forgotten_before_unix_ms: u64,
     branches: Vec<CheckpointBranch>,
+    steps: Vec<CheckpointStep>,
     decisions: Vec<CheckpointDecision>,
 }
 
@@ -290,17 +335,7 @@ impl ParticipantEngine {
     where
         E: From<S::Error>,
     {
-        validate_operations(&input.operations, "operations")?;
-        if input.deadline_unix_ms == 0 {
-            return Err(InvalidInput::new("deadline_unix_ms", "is required").into());
-        }
-        if input.deadline_unix_ms > now_unix_ms.saturating_add(limits::MAX_TXN_TIMEOUT_MS) {
-            return Err(InvalidInput::new(
-                "deadline_unix_ms",
-                format!("lies more than {} ms in the future", limits::MAX_TXN_TIMEOUT_MS),
-            )
-            .into());
-        }
+        validate_input(now_unix_ms, &input)?;
         self.forget_expired(now_unix_ms);
 
         // Duplicates and late messages first: they get the answer already given.
@@ -323,30 +358,14 @@ impl ParticipantEngine {
             };
             return Ok(PrepareStep::Reply(reply));
         }
-        if now_unix_ms > input.deadline_unix_ms {
-            return Ok(PrepareStep::Reply(no(
-                NoReason::Expired,
-                format!(
-                    "the Prepare's deadline passed {} ms ago",
-                    now_unix_ms - input.deadline_unix_ms
-                ),
+        if self.steps.contains_key(&input.txn) {
+            return Err(EngineError::WrongState(format!(
+                "Prepare of transaction {}, which executed a saga step here",
+                input.txn
             )));
         }
-        if input.epoch < self.max_epoch {
-            return Ok(PrepareStep::Reply(no(
-                NoReason::StaleEpoch,
-                format!(
-                    "epoch {} is older than epoch {} already seen",
-                    input.epoch.0, self.max_epoch.0
-                ),
-            )));
-        }
-        self.max_epoch = input.epoch;
-        if self.decided.len() >= self.limits.max_remembered {
-            return Ok(PrepareStep::Reply(no(
-                NoReason::Overloaded,
-                format!("{} decisions are remembered here, the limit", self.decided.len()),
-            )));
+        if let Some(reply) = self.refuse_new(now_unix_ms, &input, "Prepare") {
+            return Ok(PrepareStep::Reply(reply));
         }
         if self.branches.len() >= self.limits.max_prepared {
             // Remembered, so a duplicate of this Prepare delivered later cannot vote YES (or
@@ -359,24 +378,10 @@ impl ParticipantEngine {
         }
 
         let writes_anything = input.operations.iter().any(Operation::writes);
-        for operation in &input.operations {
-            if let Some(holder) = self.locks.get(operation.key()) {
-                let reply = no(
-                    NoReason::Conflict,
-                    format!("key {} is locked by transaction {holder}", show_key(operation.key())),
-                );
-                self.remember_no_vote(&input.txn, input.deadline_unix_ms);
-                return Ok(PrepareStep::Reply(reply));
-            }
-        }
-        let writes =
-            match evaluate(&input.operations, state).map_err(|e| EngineError::Storage(e.into()))? {
-                Ok(writes) => writes,
-                Err(reply) => {
-                    self.remember_no_vote(&input.txn, input.deadline_unix_ms);
-                    return Ok(PrepareStep::Reply(reply));
-                }
-            };
+        let writes = match self.evaluate_unlocked(&input, state)? {
+            Ok(writes) => writes,
+            Err(reply) => return Ok(PrepareStep::Reply(reply)),
+        };
         if !writes_anything {
             return Ok(PrepareStep::Reply(PrepareReply {
                 vote: Vote::ReadOnly,
@@ -439,6 +444,19 @@ impl ParticipantEngine {
         log: &mut dyn FnMut(&ParticipantRecord) -> Result<u64, E>,
     ) -> Result<CommitStep, EngineError<E>> {
         self.forget_expired(now_unix_ms);
+        if let Some(step) = self.steps.remove(txn) {
+            // The saga committed: the step's undo is no longer needed. (Its writes may still be
+            // being applied; the branch that locks them finishes on its own.)
+            let lsn = match log(&ParticipantRecord::Commit { txn: txn.clone() }) {
+                Ok(lsn) => lsn,
+                Err(error) => {
+                    self.steps.insert(txn.clone(), step);
+                    return Err(EngineError::Storage(error));
+                }
+            };
+            self.remember(txn.clone(), true, retain_until(step.deadline_unix_ms));
+            return Ok(CommitStep::Durable { lsn });
+        }
         if let Some(branch) = self.branches.get_mut(txn) {
             if let Some(lsn) = branch.commit_lsn {
                 return Ok(CommitStep::AfterDurable { lsn, apply: None });
@@ -465,7 +483,11 @@ impl ParticipantEngine {
         if let Some(branch) = self.branches.remove(txn) {
             assert!(branch.commit_lsn.is_some(), "applied a branch that was not committing");
             self.release(txn, &branch.locked);
-            self.remember(txn.clone(), true, retain_until(branch.deadline_unix_ms));
+            // An executed saga step stays undecided until its saga's Commit or its
+            // Compensate; a compensated one (or one whose saga already committed) is decided.
+            if !self.steps.contains_key(txn) && !self.decided.contains_key(txn) {
+                self.remember(txn.clone(), true, retain_until(branch.deadline_unix_ms));
+            }
         }
     }
 
@@ -483,6 +505,11 @@ impl ParticipantEngine {
         log: &mut dyn FnMut(&ParticipantRecord) -> Result<u64, E>,
     ) -> Result<AbortStep, EngineError<E>> {
         self.forget_expired(now_unix_ms);
+        if self.steps.contains_key(txn) {
+            return Err(EngineError::WrongState(format!(
+                "Abort of transaction {txn}, which executed a saga step here: send Compensate"
+            )));
+        }
         if let Some(branch) = self.branches.get(txn) {
             if let Some(lsn) = branch.commit_lsn {
                 return Err(EngineError::Committing {
@@ -505,48 +532,355 @@ impl ParticipantEngine {
             ))),
             Some(_) => Ok(AbortStep::AlreadyAborted),
             None => {
-                if let Some(deadline) = deadline_unix_ms
-                    && retain_until(deadline) <= self.forgotten_before_unix_ms
-                {
-                    return Err(EngineError::Forgotten(format!(
-                        "transaction {txn} is older than this participant's decision retention; \
-                         its outcome here can no longer be told"
-                    )));
-                }
-                if self.decided.len() >= self.limits.max_remembered {
-                    return Err(EngineError::Overloaded(format!(
-                        "{} decisions are remembered here, the limit; no barrier recorded",
-                        self.decided.len()
-                    )));
-                }
-                // The barrier must outlive the Prepare's deadline: the one given, or else the
-                // furthest any Prepare sent before this Abort could carry.
-                let deadline = deadline_unix_ms
-                    .unwrap_or(now_unix_ms.saturating_add(limits::MAX_TXN_TIMEOUT_MS));
-                let forget_after = retain_until(deadline.max(now_unix_ms));
-                log(&ParticipantRecord::Abort {
-                    txn: txn.clone(),
-                    forget_after_unix_ms: forget_after,
-                })
-                .map_err(EngineError::Storage)?;
-                self.remember(txn.clone(), false, forget_after);
+                self.barrier(now_unix_ms, txn, deadline_unix_ms, log)?;
                 Ok(AbortStep::Barrier)
             }
         }
+    }
+
+    /// Records that `txn` is aborted here before anything of it arrived, so its late Prepare or
+    /// Execute is refused. Refused itself when the outcome could have been known here and
+    /// forgotten, or when too many decisions are remembered.
+    fn barrier<E>(
+        &mut self,
+        now_unix_ms: u64,
+        txn: &TxnId,
+        deadline_unix_ms: Option<u64>,
+        log: &mut dyn FnMut(&ParticipantRecord) -> Result<u64, E>,
+    ) -> Result<(), EngineError<E>> {
+        if let Some(deadline) = deadline_unix_ms
+            && retain_until(deadline) <= self.forgotten_before_unix_ms
+        {
+            return Err(EngineError::Forgotten(format!(
+                "transaction {txn} is older than this participant's decision retention; \
+                 its outcome here can no longer be told"
+            )));
+        }
+        if self.decided.len() >= self.limits.max_remembered {
+            return Err(EngineError::Overloaded(format!(
+                "{} decisions are remembered here, the limit; no barrier recorded",
+                self.decided.len()
+            )));
+        }
+        // The barrier must outlive the message's deadline: the one given, or else the furthest
+        // any message sent before this one could carry.
+        let deadline =
+            deadline_unix_ms.unwrap_or(now_unix_ms.saturating_add(limits::MAX_TXN_TIMEOUT_MS));
+        let forget_after = retain_until(deadline.max(now_unix_ms));
+        log(&ParticipantRecord::Abort { txn: txn.clone(), forget_after_unix_ms: forget_after })
+            .map_err(EngineError::Storage)?;
+        self.remember(txn.clone(), false, forget_after);
+        Ok(())
+    }
+
+    /// Handles a saga step's Execute: validates, refuses duplicates and late messages
+    /// consistently (a Compensate that came first left a barrier), evaluates against committed
+    /// state, and logs the writes with the before-image of every key they change. The keys are
+    /// locked until the writes are applied (the driver applies them, then calls
+    /// [`ParticipantEngine::commit_applied`]), so no Prepare or Execute reads under them; after
+    /// that the step holds no lock (sagas give no isolation).
+    pub fn handle_execute<S: CommittedState, E>(
+        &mut self,
+        now_unix_ms: u64,
+        input: PrepareInput,
+        state: &S,
+        log: &mut dyn FnMut(&ParticipantRecord) -> Result<u64, E>,
+    ) -> Result<PrepareStep, EngineError<E>>
+    where
+        E: From<S::Error>,
+    {
+        validate_input(now_unix_ms, &input)?;
+        self.forget_expired(now_unix_ms);
+        let yes = PrepareReply { vote: Vote::Yes, outcome: Outcome::Pending };
+        if let Some(step) = self.steps.get(&input.txn) {
+            return Ok(PrepareStep::AfterDurable {
+                lsn: step.executed_lsn,
+                apply: None,
+                reply: yes,
+            });
+        }
+        if let Some(decided) = self.decided.get(&input.txn) {
+            let reply = if decided.committed {
+                PrepareReply { vote: Vote::Yes, outcome: Outcome::Committed }
+            } else {
+                no(
+                    NoReason::AlreadyAborted,
+                    "this saga step was already compensated here (or its Compensate came first)",
+                )
+            };
+            return Ok(PrepareStep::Reply(reply));
+        }
+        if self.branches.contains_key(&input.txn) {
+            return Err(EngineError::WrongState(format!(
+                "Execute of transaction {}, which has a two-phase branch here",
+                input.txn
+            )));
+        }
+        if let Some(reply) = self.refuse_new(now_unix_ms, &input, "Execute") {
+            return Ok(PrepareStep::Reply(reply));
+        }
+        if self.steps.len() >= self.limits.max_steps {
+            self.remember_no_vote(&input.txn, input.deadline_unix_ms);
+            return Ok(PrepareStep::Reply(no(
+                NoReason::Overloaded,
+                format!("{} executed saga steps are held here, the limit", self.steps.len()),
+            )));
+        }
+        let writes = match self.evaluate_unlocked(&input, state)? {
+            Ok(writes) => writes,
+            Err(reply) => return Ok(PrepareStep::Reply(reply)),
+        };
+        if writes.is_empty() {
+            // Only checks, and they hold: nothing to undo, nothing kept. A Compensate finds
+            // nothing and leaves a barrier, which is harmless.
+            return Ok(PrepareStep::Reply(PrepareReply {
+                vote: Vote::ReadOnly,
+                outcome: Outcome::Committed,
+            }));
+        }
+        let mut undo = Vec::with_capacity(writes.len());
+        for write in &writes {
+            let before =
+                state.get(&write.key).map_err(|e| EngineError::Storage(e.into()))?.map(|v| v.value);
+            undo.push(Write { key: write.key.clone(), value: before });
+        }
+        let record = ParticipantRecord::Executed {
+            txn: input.txn.clone(),
+            epoch: input.epoch,
+            writes: writes.clone(),
+            undo: undo.clone(),
+            deadline_unix_ms: input.deadline_unix_ms,
+        };
+        let lsn = log(&record).map_err(EngineError::Storage)?;
+        let locked: Vec<Key> = writes.iter().map(|w| w.key.clone()).collect();
+        self.lock_until_applied(
+            &input.txn,
+            input.epoch,
+            writes.clone(),
+            locked,
+            input.deadline_unix_ms,
+            lsn,
+        );
+        self.steps.insert(
+            input.txn,
+            Step {
+                epoch: input.epoch,
+                writes: writes.clone(),
+                undo,
+                deadline_unix_ms: input.deadline_unix_ms,
+                executed_lsn: lsn,
+            },
+        );
+        Ok(PrepareStep::AfterDurable { lsn, apply: Some(writes), reply: yes })
+    }
+
+    /// Handles a saga step's Compensate: writes its before-images back, but only if no key it
+    /// wrote changed since ([`EngineError::CannotCompensate`] otherwise). Idempotent; before
+    /// (or without) its Execute it leaves a barrier that refuses the late Execute. The
+    /// restored keys are locked until applied, as for Execute.
+    pub fn handle_compensate<S: CommittedState, E>(
+        &mut self,
+        now_unix_ms: u64,
+        txn: &TxnId,
+        deadline_unix_ms: Option<u64>,
+        state: &S,
+        log: &mut dyn FnMut(&ParticipantRecord) -> Result<u64, E>,
+    ) -> Result<CommitStep, EngineError<E>>
+    where
+        E: From<S::Error>,
+    {
+        self.forget_expired(now_unix_ms);
+        if let Some(step) = self.steps.get(txn) {
+            if self.branches.contains_key(txn) {
+                return Err(EngineError::Busy(format!(
+                    "saga step {txn} is still being applied; retry its Compensate"
+                )));
+            }
+            for (write, before) in step.writes.iter().zip(&step.undo) {
+                if let Some(holder) = self.locks.get(&write.key) {
+                    return Err(EngineError::Busy(format!(
+                        "key {} is locked by transaction {holder}; retry the Compensate",
+                        show_key(&write.key)
+                    )));
+                }
+                let current = state.get(&write.key).map_err(|e| EngineError::Storage(e.into()))?;
+                let unchanged = match (&write.value, &current) {
+                    (Some(_), Some(now)) => now.version == step.executed_lsn,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !unchanged {
+                    return Err(EngineError::CannotCompensate(format!(
+                        "key {} changed since saga step {txn} executed (version {} then, {} \
+                         now): its before-image ({}) is not written back over a newer value",
+                        show_key(&write.key),
+                        step.executed_lsn,
+                        current.map_or("absent".to_string(), |v| v.version.to_string()),
+                        before
+                            .value
+                            .as_ref()
+                            .map_or("absent".to_string(), |v| format!("{} bytes", v.len())),
+                    )));
+                }
+            }
+            let forget_after = retain_until(step.deadline_unix_ms.max(now_unix_ms));
+            let record = ParticipantRecord::Compensated {
+                txn: txn.clone(),
+                restore: step.undo.clone(),
+                forget_after_unix_ms: forget_after,
+            };
+            let lsn = log(&record).map_err(EngineError::Storage)?;
+            let Some(step) = self.steps.remove(txn) else { unreachable!("looked up above") };
+            let locked: Vec<Key> = step.undo.iter().map(|w| w.key.clone()).collect();
+            self.lock_until_applied(
+                txn,
+                step.epoch,
+                step.undo.clone(),
+                locked,
+                step.deadline_unix_ms,
+                lsn,
+            );
+            self.remember(txn.clone(), false, forget_after);
+            return Ok(CommitStep::AfterDurable { lsn, apply: Some(step.undo) });
+        }
+        let decided = self.decided.get(txn).copied();
+        if let Some(branch) = self.branches.get(txn) {
+            return match (branch.commit_lsn, decided) {
+                // A duplicate while the before-images are being written back.
+                (Some(lsn), Some(d)) if !d.committed => {
+                    Ok(CommitStep::AfterDurable { lsn, apply: None })
+                }
+                _ => Err(EngineError::WrongState(format!(
+                    "Compensate of transaction {txn}, which has a two-phase branch here: send Abort"
+                ))),
+            };
+        }
+        match decided {
+            Some(d) if d.committed => Err(EngineError::WrongState(format!(
+                "Compensate of transaction {txn}, which committed here"
+            ))),
+            Some(_) => Ok(CommitStep::Acknowledge),
+            None => {
+                self.barrier(now_unix_ms, txn, deadline_unix_ms, log)?;
+                Ok(CommitStep::Acknowledge)
+            }
+        }
+    }
+
+    /// Locks `locked` for `txn` as a branch whose writes are logged at `lsn` and not yet
+    /// applied; [`ParticipantEngine::commit_applied`] releases them.
+    fn lock_until_applied(
+        &mut self,
+        txn: &TxnId,
+        epoch: Epoch,
+        writes: Vec<Write>,
+        locked: Vec<Key>,
+        deadline_unix_ms: u64,
+        lsn: u64,
+    ) {
+        for key in &locked {
+            self.locks.insert(key.clone(), txn.clone());
+        }
+        self.branches.insert(
+            txn.clone(),
+            Branch {
+                epoch,
+                writes,
+                locked,
+                deadline_unix_ms,
+                prepared_lsn: lsn,
+                commit_lsn: Some(lsn),
+            },
+        );
+    }
+
+    /// Refusals every new branch (Prepare or Execute) gets before evaluation: past its
+    /// deadline, from an older coordinator, or with too many decisions remembered. Records the
+    /// epoch otherwise.
+    fn refuse_new(
+        &mut self,
+        now_unix_ms: u64,
+        input: &PrepareInput,
+        message: &str,
+    ) -> Option<PrepareReply> {
+        if now_unix_ms > input.deadline_unix_ms {
+            return Some(no(
+                NoReason::Expired,
+                format!(
+                    "the {message}'s deadline passed {} ms ago",
+                    now_unix_ms - input.deadline_unix_ms
+                ),
+            ));
+        }
+        if input.epoch < self.max_epoch {
+            return Some(no(
+                NoReason::StaleEpoch,
+                format!(
+                    "epoch {} is older than epoch {} already seen",
+                    input.epoch.0, self.max_epoch.0
+                ),
+            ));
+        }
+        self.max_epoch = input.epoch;
+        if self.decided.len() >= self.limits.max_remembered {
+            return Some(no(
+                NoReason::Overloaded,
+                format!("{} decisions are remembered here, the limit", self.decided.len()),
+            ));
+        }
+        None
+    }
+
+    /// Refuses a branch touching a locked key (NO, conflict), else evaluates it against
+    /// committed state. A NO is remembered, so a duplicate cannot vote YES later.
+    fn evaluate_unlocked<S: CommittedState, E>(
+        &mut self,
+        input: &PrepareInput,
+        state: &S,
+    ) -> Result<Result<Vec<Write>, PrepareReply>, EngineError<E>>
+    where
+        E: From<S::Error>,
+    {
+        for operation in &input.operations {
+            if let Some(holder) = self.locks.get(operation.key()) {
+                let reply = no(
+                    NoReason::Conflict,
+                    format!("key {} is locked by transaction {holder}", show_key(operation.key())),
+                );
+                self.remember_no_vote(&input.txn, input.deadline_unix_ms);
+                return Ok(Err(reply));
+            }
+        }
+        let evaluated =
+            evaluate(&input.operations, state).map_err(|e| EngineError::Storage(e.into()))?;
+        if evaluated.is_err() {
+            self.remember_no_vote(&input.txn, input.deadline_unix_ms);
+        }
+        Ok(evaluated)
     }
 
     /// What this participant knows of a transaction's outcome (`Pending` while prepared and
     /// undecided, or when it knows nothing).
     #[must_use]
     pub fn outcome(&self, txn: &TxnId) -> Outcome {
-        if let Some(branch) = self.branches.get(txn) {
-            return if branch.commit_lsn.is_some() { Outcome::Committed } else { Outcome::Pending };
-        }
         match self.decided.get(txn) {
-            Some(d) if d.committed => Outcome::Committed,
-            Some(_) => Outcome::Aborted,
-            None => Outcome::Pending,
+            Some(d) if d.committed => return Outcome::Committed,
+            Some(_) => return Outcome::Aborted,
+            None => {}
         }
+        if self.steps.contains_key(txn) {
+            return Outcome::Pending;
+        }
+        match self.branches.get(txn) {
+            Some(branch) if branch.commit_lsn.is_some() => Outcome::Committed,
+            _ => Outcome::Pending,
+        }
+    }
+
+    /// How many executed saga steps hold undo information.
+    #[must_use]
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
     }
 
     /// Branches that voted YES and have not learned the outcome, in txn-id order, starting after
@@ -636,6 +970,18 @@ impl ParticipantEngine {
                 commit_lsn: b.commit_lsn,
             })
             .collect();
+        let steps = self
+            .steps
+            .iter()
+            .map(|(txn, s)| CheckpointStep {
+                txn: txn.clone(),
+                epoch: s.epoch,
+                writes: s.writes.clone(),
+                undo: s.undo.clone(),
+                deadline_unix_ms: s.deadline_unix_ms,
+                executed_lsn: s.executed_lsn,
+            })
+            .collect();
         let decisions = self
             .decided
             .iter()
@@ -645,7 +991,7 @@ impl ParticipantEngine {
                 forget_after_unix_ms: d.forget_after_unix_ms,
             })
             .collect();
-        (begin, CheckpointSnapshot { id, branches, decisions })
+        (begin, CheckpointSnapshot { id, branches, steps, decisions })
     }
 
     /// Replays one record read back from the log at `lsn`. Returns writes the driver must apply
@@ -657,6 +1003,7 @@ impl ParticipantEngine {
             ParticipantRecord::CheckpointBegin { .. }
                 | ParticipantRecord::CheckpointBranches(_)
                 | ParticipantRecord::CheckpointDecisions(_)
+                | ParticipantRecord::CheckpointSteps(_)
                 | ParticipantRecord::CheckpointEnd { .. }
         );
         if self.replaying_checkpoint.is_some() && !in_checkpoint {
@@ -681,10 +1028,28 @@ impl ParticipantEngine {
                 );
             }
             ParticipantRecord::Commit { txn } => {
-                if let Some(branch) = self.branches.remove(&txn) {
+                if let Some(step) = self.steps.remove(&txn) {
+                    self.remember(txn, true, retain_until(step.deadline_unix_ms));
+                } else if let Some(branch) = self.branches.remove(&txn) {
                     self.release(&txn, &branch.locked);
                     self.remember(txn, true, retain_until(branch.deadline_unix_ms));
                     apply.push((lsn, branch.writes));
+                }
+            }
+            ParticipantRecord::Executed { txn, epoch, writes, undo, deadline_unix_ms } => {
+                self.max_epoch = self.max_epoch.max(epoch);
+                apply.push((lsn, writes.clone()));
+                self.steps
+                    .insert(txn, Step { epoch, writes, undo, deadline_unix_ms, executed_lsn: lsn });
+            }
+            ParticipantRecord::Compensated { txn, restore, forget_after_unix_ms } => {
+                self.steps.remove(&txn);
+                self.remember(txn, false, forget_after_unix_ms);
+                apply.push((lsn, restore));
+            }
+            ParticipantRecord::CheckpointSteps(steps) => {
+                if let Some(snapshot) = &mut self.replaying_checkpoint {
+                    snapshot.steps.extend(steps);
                 }
             }
             ParticipantRecord::OnePhaseCommit { txn, epoch, writes, deadline_unix_ms } => {
@@ -741,10 +1106,24 @@ impl ParticipantEngine {
         for decision in snapshot.decisions {
             self.remember(decision.txn, decision.committed, decision.forget_after_unix_ms);
         }
+        for s in snapshot.steps {
+            let step = Step {
+                epoch: s.epoch,
+                writes: s.writes,
+                undo: s.undo,
+                deadline_unix_ms: s.deadline_unix_ms,
+                executed_lsn: s.executed_lsn,
+            };
+            self.steps.insert(s.txn, step);
+        }
         let mut apply = Vec::new();
         for b in snapshot.branches {
             if let Some(commit_lsn) = b.commit_lsn {
-                self.remember(b.txn, true, retain_until(b.deadline_unix_ms));
+                // Logged and maybe not applied: a commit, or a saga step's Execute or
+                // Compensate (already known as a step, or decided aborted).
+                if !self.steps.contains_key(&b.txn) && !self.decided.contains_key(&b.txn) {
+                    self.remember(b.txn, true, retain_until(b.deadline_unix_ms));
+                }
                 apply.push((commit_lsn, b.writes));
                 continue;
             }
@@ -892,6 +1271,21 @@ fn evaluate<S: CommittedState>(
     Ok(Ok(overlay.into_iter().map(|(key, value)| Write { key: key.to_vec(), value }).collect()))
 }
 
+/// Checks what every new branch must carry: valid operations and a deadline within reach.
+fn validate_input(now_unix_ms: u64, input: &PrepareInput) -> Result<(), InvalidInput> {
+    validate_operations(&input.operations, "operations")?;
+    if input.deadline_unix_ms == 0 {
+        return Err(InvalidInput::new("deadline_unix_ms", "is required"));
+    }
+    if input.deadline_unix_ms > now_unix_ms.saturating_add(limits::MAX_TXN_TIMEOUT_MS) {
+        return Err(InvalidInput::new(
+            "deadline_unix_ms",
+            format!("lies more than {} ms in the future", limits::MAX_TXN_TIMEOUT_MS),
+        ));
+    }
+    Ok(())
+}
+
 /// When a decision about a transaction with this deadline may be forgotten.
 fn retain_until(deadline_unix_ms: u64) -> u64 {
     deadline_unix_ms.saturating_add(limits::DECISION_RETENTION_MS)
@@ -1022,6 +1416,38 @@ mod tests {
                 Ok(log.len() as u64)
             };
             engine.handle_abort(NOW, &txn(id), None, &mut append).map_err(|e| e.to_string())
+        }
+
+        fn execute(&mut self, engine: &mut ParticipantEngine, input: PrepareInput) -> PrepareStep {
+            let log = &mut self.log;
+            let mut append = |r: &ParticipantRecord| -> Result<u64, Infallible> {
+                log.push(r.clone());
+                Ok(log.len() as u64)
+            };
+            let step = engine.handle_execute(NOW, input.clone(), &self.store, &mut append).unwrap();
+            if let PrepareStep::AfterDurable { lsn, apply: Some(writes), .. } = &step {
+                self.apply(*lsn, writes);
+                engine.commit_applied(&input.txn);
+            }
+            step
+        }
+
+        fn compensate(
+            &mut self,
+            engine: &mut ParticipantEngine,
+            id: &str,
+        ) -> Result<CommitStep, EngineError<Infallible>> {
+            let log = &mut self.log;
+            let mut append = |r: &ParticipantRecord| -> Result<u64, Infallible> {
+                log.push(r.clone());
+                Ok(log.len() as u64)
+            };
+            let step = engine.handle_compensate(NOW, &txn(id), None, &self.store, &mut append)?;
+            if let CommitStep::AfterDurable { lsn, apply: Some(writes) } = &step {
+                self.apply(*lsn, writes);
+                engine.commit_applied(&txn(id));
+            }
+            Ok(step)
         }
 
         fn apply(&mut self, version: u64, writes: &[Write]) {
@@ -1288,8 +1714,11 @@ mod tests {
     /// unknown transaction is refused (retryable) rather than growing memory.
     #[test]
     fn barriers_are_bounded() {
-        let mut engine =
-            ParticipantEngine::new(EngineLimits { max_prepared: 4, max_remembered: 2 });
+        let mut engine = ParticipantEngine::new(EngineLimits {
+            max_prepared: 4,
+            max_remembered: 2,
+            max_steps: 4,
+        });
         let mut log = |_: &ParticipantRecord| Ok::<u64, Infallible>(1);
         engine.handle_abort(NOW, &txn("a"), None, &mut log).unwrap();
         engine.handle_abort(NOW, &txn("b"), None, &mut log).unwrap();
@@ -1302,8 +1731,11 @@ mod tests {
     /// Prepare delivered later cannot vote YES.
     #[test]
     fn prepared_branch_limit_votes_overloaded() {
-        let mut engine =
-            ParticipantEngine::new(EngineLimits { max_prepared: 1, max_remembered: 10 });
+        let mut engine = ParticipantEngine::new(EngineLimits {
+            max_prepared: 1,
+            max_remembered: 10,
+            max_steps: 1,
+        });
         let mut world = World::default();
         world.prepare(&mut engine, prepare_input("t1", vec![put("a", "1")]));
         let step = world.prepare(&mut engine, prepare_input("t2", vec![put("b", "1")]));
@@ -1311,6 +1743,145 @@ mod tests {
         world.commit(&mut engine, "t1").unwrap();
         let duplicate = world.prepare(&mut engine, prepare_input("t2", vec![put("b", "1")]));
         assert_eq!(no_reason(&duplicate), Some(NoReason::AlreadyAborted));
+    }
+
+    /// Commits `operations` in one phase.
+    fn seed(world: &mut World, engine: &mut ParticipantEngine, operations: Vec<Operation>) {
+        let mut input = prepare_input("seed", operations);
+        input.one_phase = true;
+        world.prepare(engine, input);
+    }
+
+    fn counter_of(world: &World, key: &str) -> Option<i64> {
+        world.value(key).map(|v| counter::decode(&v).unwrap())
+    }
+
+    /// A saga step applies at once; its Compensate writes every before-image back (a key the
+    /// step created is deleted again), and a late duplicate Execute is refused.
+    #[test]
+    fn execute_applies_at_once_and_compensate_writes_the_before_images_back() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        seed(&mut world, &mut engine, vec![add("a", 100, None)]);
+        let step = world
+            .execute(&mut engine, prepare_input("s", vec![add("a", -30, Some(0)), put("b", "x")]));
+        assert_eq!(vote(&step), &Vote::Yes);
+        assert_eq!(counter_of(&world, "a"), Some(70));
+        assert_eq!(world.value("b"), Some(b"x".to_vec()));
+        assert_eq!(engine.locked_count(), 0, "an applied step holds no lock");
+        assert_eq!(engine.outcome(&txn("s")), Outcome::Pending);
+
+        let compensated = world.compensate(&mut engine, "s").unwrap();
+        assert!(matches!(compensated, CommitStep::AfterDurable { apply: Some(_), .. }));
+        assert_eq!(counter_of(&world, "a"), Some(100));
+        assert_eq!(world.value("b"), None);
+        assert_eq!(engine.outcome(&txn("s")), Outcome::Aborted);
+        assert_eq!(world.compensate(&mut engine, "s").unwrap(), CommitStep::Acknowledge);
+        let late = world.execute(&mut engine, prepare_input("s", vec![add("a", -30, Some(0))]));
+        assert_eq!(no_reason(&late), Some(NoReason::AlreadyAborted));
+        assert_eq!(counter_of(&world, "a"), Some(100));
+    }
+
+    /// A Compensate that arrives before its Execute is a no-op that leaves a barrier: the late
+    /// Execute is refused and applies nothing.
+    #[test]
+    fn compensate_before_execute_blocks_the_late_execute() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        assert_eq!(world.compensate(&mut engine, "s").unwrap(), CommitStep::Acknowledge);
+        assert!(matches!(world.log.last(), Some(ParticipantRecord::Abort { .. })));
+        let late = world.execute(&mut engine, prepare_input("s", vec![put("a", "1")]));
+        assert_eq!(no_reason(&late), Some(NoReason::AlreadyAborted));
+        assert_eq!(world.value("a"), None);
+    }
+
+    /// A duplicate Execute gets the first answer and applies nothing more.
+    #[test]
+    fn duplicate_execute_applies_once() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        let first = world.execute(&mut engine, prepare_input("s", vec![add("a", 5, None)]));
+        let again = world.execute(&mut engine, prepare_input("s", vec![add("a", 5, None)]));
+        assert_eq!(vote(&first), &Vote::Yes);
+        assert!(matches!(again, PrepareStep::AfterDurable { apply: None, .. }));
+        assert_eq!(counter_of(&world, "a"), Some(5));
+        assert_eq!(engine.step_count(), 1);
+    }
+
+    /// A refused Execute applies nothing and is remembered, so its duplicate cannot execute
+    /// later; its Compensate is then a no-op.
+    #[test]
+    fn a_refused_execute_stays_refused() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        let refused = world.execute(&mut engine, prepare_input("s", vec![add("a", -1, Some(0))]));
+        assert_eq!(no_reason(&refused), Some(NoReason::BoundCrossed));
+        seed(&mut world, &mut engine, vec![add("a", 10, None)]);
+        let again = world.execute(&mut engine, prepare_input("s", vec![add("a", -1, Some(0))]));
+        assert_eq!(no_reason(&again), Some(NoReason::AlreadyAborted));
+        assert_eq!(world.compensate(&mut engine, "s").unwrap(), CommitStep::Acknowledge);
+        assert_eq!(counter_of(&world, "a"), Some(10));
+    }
+
+    /// Compensate never writes a before-image over a newer value: a key changed since the step
+    /// makes it refuse (and change nothing); a key locked by a prepared branch makes it retry.
+    #[test]
+    fn compensate_refuses_when_a_key_changed_and_waits_for_a_lock() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        world.execute(&mut engine, prepare_input("s", vec![put("a", "step")]));
+        world.prepare(&mut engine, prepare_input("p", vec![put("a", "later")]));
+        assert!(matches!(world.compensate(&mut engine, "s"), Err(EngineError::Busy(_))));
+        world.commit(&mut engine, "p").unwrap();
+        let refused = world.compensate(&mut engine, "s");
+        assert!(
+            matches!(&refused, Err(EngineError::CannotCompensate(m)) if m.contains("changed since")),
+            "{refused:?}"
+        );
+        assert_eq!(world.value("a"), Some(b"later".to_vec()));
+        assert_eq!(engine.step_count(), 1, "the step keeps its undo for an operator");
+    }
+
+    /// The saga's Commit releases a step's undo: a later Compensate is refused as wrong state.
+    #[test]
+    fn saga_commit_releases_the_undo() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        world.execute(&mut engine, prepare_input("s", vec![put("a", "1")]));
+        assert!(matches!(world.commit(&mut engine, "s"), Ok(CommitStep::Durable { .. })));
+        assert_eq!(engine.step_count(), 0);
+        assert_eq!(engine.outcome(&txn("s")), Outcome::Committed);
+        assert!(matches!(world.compensate(&mut engine, "s"), Err(EngineError::WrongState(_))));
+        assert_eq!(world.commit(&mut engine, "s"), Ok(CommitStep::Acknowledge));
+        assert_eq!(world.value("a"), Some(b"1".to_vec()));
+    }
+
+    /// Executed steps, their compensations and their commits survive replay, from the start of
+    /// the log and from a checkpoint: a step replayed can still be compensated exactly.
+    #[test]
+    fn replay_rebuilds_executed_and_compensated_steps() {
+        let (mut engine, mut world) = (ParticipantEngine::default(), World::default());
+        seed(&mut world, &mut engine, vec![add("a", 100, None)]);
+        world.execute(&mut engine, prepare_input("s1", vec![add("a", -10, None)]));
+        world.execute(&mut engine, prepare_input("s2", vec![put("b", "2")]));
+        world.execute(&mut engine, prepare_input("s3", vec![put("c", "3")]));
+        world.compensate(&mut engine, "s2").unwrap();
+        world.commit(&mut engine, "s3").unwrap();
+        let checkpoint_start = world.log.len();
+        world.log.extend(engine.checkpoint(NOW, 1024));
+        for (start, initial) in [(0, BTreeMap::new()), (checkpoint_start, world.store.clone())] {
+            let mut replayed = ParticipantEngine::default();
+            let mut store = World { store: initial, log: world.log.clone() };
+            for (index, record) in world.log.iter().enumerate().skip(start) {
+                for (version, writes) in replayed.replay(index as u64 + 1, record.clone()) {
+                    store.apply(version, &writes);
+                }
+            }
+            assert_eq!(replayed.step_count(), 1, "from {start}");
+            assert_eq!(replayed.outcome(&txn("s2")), Outcome::Aborted);
+            assert_eq!(replayed.outcome(&txn("s3")), Outcome::Committed);
+            assert_eq!(counter_of(&store, "a"), Some(90));
+            assert_eq!(store.value("b"), None);
+            assert!(matches!(
+                store.compensate(&mut replayed, "s1"),
+                Ok(CommitStep::AfterDurable { .. })
+            ));
+            assert_eq!(counter_of(&store, "a"), Some(100));
+        }
     }
 
     /// Replaying the log, with or without a checkpoint in it, rebuilds the same in-doubt

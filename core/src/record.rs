@@ -49,6 +49,23 @@ pub struct CheckpointDecision {
     pub forget_after_unix_ms: u64,
 }
 
+/// An executed saga step, as a checkpoint carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointStep {
+    /// The transaction.
+    pub txn: TxnId,
+    /// The coordinator epoch that sent the Execute.
+    pub epoch: Epoch,
+    /// The writes it applied.
+    pub writes: Vec<Write>,
+    /// The before-image of every key it wrote: what Compensate writes back.
+    pub undo: Vec<Write>,
+    /// Its Execute deadline.
+    pub deadline_unix_ms: u64,
+    /// The LSN of its EXECUTED record: the version its writes took.
+    pub executed_lsn: u64,
+}
+
 /// A participant WAL record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ParticipantRecord {
@@ -109,6 +126,34 @@ pub enum ParticipantRecord {
         /// Matches the `CheckpointBegin`.
         id: u64,
     },
+    /// A saga step executed: its writes take this record's LSN as their version, and `undo`
+    /// holds the before-image of every key they change. Forced before the step's answer.
+    /// (New variants go last, so every older record keeps its encoding.)
+    Executed {
+        /// The transaction.
+        txn: TxnId,
+        /// The coordinator epoch that sent the Execute.
+        epoch: Epoch,
+        /// The writes applied.
+        writes: Vec<Write>,
+        /// Before-images, one per written key.
+        undo: Vec<Write>,
+        /// The Execute's deadline.
+        deadline_unix_ms: u64,
+    },
+    /// A saga step was compensated: its before-images are written back, taking this record's
+    /// LSN as their version. Forced before Compensate is acknowledged.
+    Compensated {
+        /// The transaction.
+        txn: TxnId,
+        /// The before-images written back.
+        restore: Vec<Write>,
+        /// When the decision (and the barrier it leaves against a late Execute) may be
+        /// forgotten.
+        forget_after_unix_ms: u64,
+    },
+    /// Executed saga steps in the checkpoint, awaiting Commit or Compensate.
+    CheckpointSteps(Vec<CheckpointStep>),
 }
 
 /// The envelope that versions the record format.
@@ -172,6 +217,18 @@ mod tests {
             ParticipantRecord::Commit { txn: txn.clone() },
             ParticipantRecord::Abort { txn, forget_after_unix_ms: 7 },
             ParticipantRecord::CheckpointEnd { id: 1 },
+            ParticipantRecord::Executed {
+                txn: TxnId::parse("t2", "txn_id").unwrap(),
+                epoch: Epoch(1),
+                writes: vec![Write { key: b"k".to_vec(), value: None }],
+                undo: vec![Write { key: b"k".to_vec(), value: Some(b"old".to_vec()) }],
+                deadline_unix_ms: 5,
+            },
+            ParticipantRecord::Compensated {
+                txn: TxnId::parse("t2", "txn_id").unwrap(),
+                restore: vec![],
+                forget_after_unix_ms: 9,
+            },
         ];
         for record in records {
             assert_eq!(ParticipantRecord::decode(&record.encode()).unwrap(), record);

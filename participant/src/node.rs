@@ -44,6 +44,13 @@ pub enum NodeError {
     /// At a limit; nothing changed (RESOURCE_EXHAUSTED).
     #[error("{0}")]
     Overloaded(String),
+    /// Not now (a key is locked, a step still being applied); nothing changed: retry
+    /// (ABORTED).
+    #[error("{0}")]
+    Busy(String),
+    /// A saga step cannot be compensated: a key it wrote changed since (FAILED_PRECONDITION).
+    #[error("{0}")]
+    CannotCompensate(String),
     /// The log or the store failed; the node has stopped (INTERNAL). Restart to recover.
     #[error("storage failed: {0}")]
     Fatal(String),
@@ -68,6 +75,8 @@ impl From<EngineError<NodeError>> for NodeError {
             EngineError::WrongState(message) => NodeError::WrongState(message),
             EngineError::Forgotten(message) => NodeError::Forgotten(message),
             EngineError::Overloaded(message) => NodeError::Overloaded(message),
+            EngineError::Busy(message) => NodeError::Busy(message),
+            EngineError::CannotCompensate(message) => NodeError::CannotCompensate(message),
             // Node::abort waits for the record before it refuses; anywhere else the refusal
             // stands as it is.
             EngineError::Committing { message, .. } => NodeError::WrongState(message),
@@ -252,11 +261,82 @@ impl<W: Wal, S: Store> Node<W, S> {
         };
         match (step, applied) {
             (CommitStep::Acknowledge, _) => return Ok(()),
+            // A saga committed: the step's undo is released once that is durable.
+            (CommitStep::Durable { lsn }, _) => self.wait_durable(lsn).await?,
             (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await?,
             // A duplicate Commit while the first is applied: acknowledge once applied too.
             (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_applied(lsn).await?,
         }
         self.failpoint("participant.after_commit")
+    }
+
+    /// A saga step's Execute. Replies YES only once the EXECUTED record is durable and its
+    /// writes are applied (the caller reads what it wrote).
+    pub async fn execute(&self, input: PrepareInput) -> Result<PrepareReply, NodeError> {
+        self.refuse_if_failed()?;
+        let txn = input.txn.clone();
+        let (step, applied) = {
+            let mut engine = self.engine();
+            let step = engine
+                .handle_execute(self.now_ms(), input, &StoreState(&*self.store), &mut |r| {
+                    self.append(r)
+                })
+                .map_err(|e| self.check_fatal(e.into()))?;
+            let applied = match &step {
+                PrepareStep::AfterDurable { lsn, apply: Some(writes), .. } => {
+                    Some(self.queue_apply(txn.clone(), *lsn, writes.clone()))
+                }
+                _ => None,
+            };
+            (step, applied)
+        };
+        match (step, applied) {
+            (PrepareStep::Reply(reply), _) => Ok(reply),
+            (PrepareStep::AfterDurable { reply, .. }, Some(done)) => {
+                self.await_apply(done).await?;
+                Ok(reply)
+            }
+            // A duplicate: answer once the first one's writes are applied.
+            (PrepareStep::AfterDurable { lsn, reply, .. }, None) => {
+                self.wait_applied(lsn).await?;
+                Ok(reply)
+            }
+        }
+    }
+
+    /// A saga step's Compensate. Acknowledged once the before-images are durable and applied,
+    /// or at once when there was nothing to undo (a barrier is then recorded).
+    pub async fn compensate(
+        &self,
+        txn: &TxnId,
+        deadline_unix_ms: Option<u64>,
+    ) -> Result<(), NodeError> {
+        self.refuse_if_failed()?;
+        let (step, applied) = {
+            let mut engine = self.engine();
+            let step = engine
+                .handle_compensate(
+                    self.now_ms(),
+                    txn,
+                    deadline_unix_ms,
+                    &StoreState(&*self.store),
+                    &mut |r| self.append(r),
+                )
+                .map_err(|e| self.check_fatal(e.into()))?;
+            let applied = match &step {
+                CommitStep::AfterDurable { lsn, apply: Some(writes) } => {
+                    Some(self.queue_apply(txn.clone(), *lsn, writes.clone()))
+                }
+                _ => None,
+            };
+            (step, applied)
+        };
+        match (step, applied) {
+            (CommitStep::Acknowledge, _) => Ok(()),
+            (CommitStep::Durable { lsn }, _) => self.wait_durable(lsn).await,
+            (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await,
+            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_applied(lsn).await,
+        }
     }
 
     /// Phase 2, abort. Never waits for its record (presumed abort). `deadline_unix_ms` is the

@@ -81,6 +81,8 @@ fn status(error: NodeError) -> Status {
         NodeError::WrongState(message) => Status::failed_precondition(message),
         NodeError::Forgotten(message) => Status::data_loss(message),
         NodeError::Overloaded(message) => Status::resource_exhausted(message),
+        NodeError::Busy(message) => Status::aborted(message),
+        NodeError::CannotCompensate(message) => Status::failed_precondition(message),
         NodeError::Fatal(message) => Status::internal(message),
     }
 }
@@ -157,6 +159,47 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
             tracing::debug!(txn_id = %txn, participant = %self.node.name(), "abort before prepare: barrier recorded");
         }
         Ok(Response::new(v1::AbortResponse {}))
+    }
+
+    async fn execute(
+        &self,
+        request: Request<v1::ExecuteRequest>,
+    ) -> Result<Response<v1::ExecuteResponse>, Status> {
+        let request = request.into_inner();
+        let txn = txn_id(&request.txn_id)?;
+        let operations = convert::operations(request.operations, "operations")
+            .map_err(|e| convert::invalid(&e))?;
+        let span = tracing::debug_span!("execute", txn_id = %txn, participant = %self.node.name());
+        let reply = self
+            .node
+            .execute(PrepareInput {
+                txn,
+                epoch: Epoch(request.epoch),
+                operations,
+                deadline_unix_ms: request.deadline_unix_ms,
+                one_phase: false,
+            })
+            .instrument(span)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::ExecuteResponse { vote: Some(convert::vote_to_wire(&reply.vote)) }))
+    }
+
+    async fn compensate(
+        &self,
+        request: Request<v1::CompensateRequest>,
+    ) -> Result<Response<v1::CompensateResponse>, Status> {
+        let request = request.into_inner();
+        let txn = txn_id(&request.txn_id)?;
+        let deadline = request.deadline_unix_ms;
+        self.node
+            .compensate(&txn, (deadline != 0).then_some(deadline))
+            .instrument(
+                tracing::debug_span!("compensate", txn_id = %txn, participant = %self.node.name()),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::CompensateResponse {}))
     }
 
     async fn get(
