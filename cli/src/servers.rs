@@ -176,6 +176,15 @@ pub struct CoordinatorArgs {
     /// that do not implement PrepareBatch/CommitBatch; they are also detected on their own).
     #[arg(long, env = "CONCORD_BATCH_CALLS", default_value_t = true, action = clap::ArgAction::Set)]
     batch_calls: bool,
+    /// A saga step whose Compensate failed this many times puts its transaction in
+    /// NEEDS_ATTENTION (`concord list --state needs-attention`); it is still retried.
+    #[arg(long, env = "CONCORD_ATTENTION_AFTER_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    attention_after_attempts: u32,
+    /// How often a compensation that needs attention is retried, in milliseconds.
+    #[arg(long, env = "CONCORD_ATTENTION_RETRY_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    attention_retry_ms: u64,
     /// Stop when standard input closes (see `concord participant`).
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
@@ -253,6 +262,8 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
         max_retained: args.retain,
         checkpoint_every_records: args.checkpoint_every.max(1),
         batch_calls: args.batch_calls,
+        attention_after_attempts: args.attention_after_attempts,
+        attention_retry: Duration::from_millis(args.attention_retry_ms),
         ..concord_coordinator::CoordinatorConfig::default()
     };
     let coordinator = concord_coordinator::Coordinator::recover(config, wal)

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches};
 use concord_client::info::{no_reason_str, outcome_str};
 use concord_client::{
-    AbortCause, Client, ClientError, Submitted, Transaction, TransactionInfo, TxnState,
+    AbortCause, Client, ClientError, Submitted, Transaction, TransactionInfo, TxnMode, TxnState,
 };
 use concord_core::limits;
 use concord_core::types::{Expect, Operation, Outcome, Vote};
@@ -102,6 +102,15 @@ struct SubmitFlags {
     /// be empty: no bound). The last '=' separates key and numbers. Repeatable.
     #[arg(long, value_name = "PARTICIPANT:KEY=DELTA[:MIN[:MAX]]", value_parser = parse_add)]
     add: Vec<OperationFlag>,
+    /// How the coordinator runs the branches: two-phase (every participant prepares), saga
+    /// (each branch executes at once and is compensated if a later one fails; no isolation), or
+    /// auto (two-phase where the participant can prepare, saga steps elsewhere).
+    #[arg(long, value_enum, default_value = "two-phase")]
+    mode: ModeArg,
+    /// Saga ordering: STEP runs only after AFTER executed (participant names; AFTER's branch
+    /// named first). Without any, saga steps run one after another in branch order. Repeatable.
+    #[arg(long, value_name = "STEP:AFTER", value_parser = parse_dependency)]
+    after: Vec<(String, String)>,
     /// Read the transaction from a JSON file ('-' for stdin); see the format below (--help).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["put", "delete", "add"])]
     file: Option<PathBuf>,
@@ -378,6 +387,14 @@ fn transaction_from_args(args: &SubmitArgs) -> anyhow::Result<Transaction> {
     if let Some(first_submitted) = args.flags.first_submitted_unix_ms {
         txn = txn.with_first_submitted_unix_ms(first_submitted);
     }
+    txn = txn.with_mode(match args.flags.mode {
+        ModeArg::TwoPhase => TxnMode::TwoPhase,
+        ModeArg::Saga => TxnMode::Saga,
+        ModeArg::Auto => TxnMode::Auto,
+    });
+    for (step, after) in &args.flags.after {
+        txn = txn.with_dependency(step.clone(), after.clone());
+    }
     txn.validate().context("the transaction is not valid")?;
     Ok(txn)
 }
@@ -543,9 +560,12 @@ fn print_transaction(info: &TransactionInfo) {
     let width = info.branches.iter().map(|b| b.participant.len()).max().unwrap_or(0).max(11);
     println!("branches");
     println!(
-        "  {:<width$}  {:<11}  {:<9}  {:<8}  DETAIL",
+        "  {:<width$}  {:<14}  {:<9}  {:<8}  DETAIL",
         "PARTICIPANT", "STATE", "VOTE", "ATTEMPTS"
     );
+    if info.branches.iter().any(|b| b.saga_step) {
+        println!("  (* a saga step: executed at once, compensated if the transaction aborts)");
+    }
     for branch in &info.branches {
         let (vote, mut detail) = match &branch.vote {
             None => ("-", String::new()),
@@ -563,13 +583,33 @@ fn print_transaction(info: &TransactionInfo) {
             detail.push_str(error);
         }
         println!(
-            "  {:<width$}  {:<11}  {:<9}  {:<8}  {detail}",
+            "  {:<width$}  {:<14}  {:<9}  {:<8}  {detail}",
             branch.participant,
-            branch.state.map_or("unknown", |state| state.as_str()),
+            match (branch.state.map_or("unknown", |state| state.as_str()), branch.saga_step) {
+                (state, true) => format!("{state}*"),
+                (state, false) => state.to_string(),
+            },
             vote,
             branch.delivery_attempts,
         );
     }
+}
+
+/// Which modes `concord submit --mode` accepts.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ModeArg {
+    TwoPhase,
+    Saga,
+    Auto,
+}
+
+/// Parses `STEP:AFTER`.
+fn parse_dependency(text: &str) -> Result<(String, String), String> {
+    let (step, after) = split_participant(text)?;
+    if after.is_empty() {
+        return Err("the participant after ':' is empty".to_string());
+    }
+    Ok((step.to_string(), after.to_string()))
 }
 
 /// Which states `concord list --state` accepts.
@@ -579,6 +619,9 @@ enum StateArg {
     Committing,
     Committed,
     Aborted,
+    Executing,
+    Compensating,
+    NeedsAttention,
 }
 
 impl From<StateArg> for TxnState {
@@ -588,6 +631,9 @@ impl From<StateArg> for TxnState {
             StateArg::Committing => TxnState::Committing,
             StateArg::Committed => TxnState::Committed,
             StateArg::Aborted => TxnState::Aborted,
+            StateArg::Executing => TxnState::Executing,
+            StateArg::Compensating => TxnState::Compensating,
+            StateArg::NeedsAttention => TxnState::NeedsAttention,
         }
     }
 }

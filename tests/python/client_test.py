@@ -211,8 +211,11 @@ def case_a(c, ids):
     info, done = c.poll(tid, 5, committed)
     check(done, "state still %s after 5 s, not TXN_STATE_COMMITTED" % c.state(info.state))
     check(info.txn_id == tid, "GetTransaction answered txn_id %r" % info.txn_id)
-    check(info.outcome == pb.OUTCOME_COMMITTED, "GetTransaction outcome %s" % c.outcome(info.outcome))
-    check(len(info.branches) == 2, "%d branches, not 2: %s" % (len(info.branches), c.describe(info)))
+    check(
+        info.outcome == pb.OUTCOME_COMMITTED,
+        "GetTransaction outcome %s, not OUTCOME_COMMITTED" % c.outcome(info.outcome),
+    )
+    check(len(info.branches) == 2, "not 2 branches: %s" % c.describe(info))
     check(
         [b.participant for b in info.branches] == [c.p0, c.p1],
         "branch participants %s" % [b.participant for b in info.branches],
@@ -239,7 +242,10 @@ def case_b(c, ids):
     )
     check(response.HasField("abort"), "ABORTED without an abort cause")
     abort = response.abort
-    check(abort.kind == pb.AbortCause.KIND_VOTE_NO, "abort.kind %s, not KIND_VOTE_NO" % c.kind(abort.kind))
+    check(
+        abort.kind == pb.AbortCause.KIND_VOTE_NO,
+        "abort.kind %s, not KIND_VOTE_NO (%s)" % (c.kind(abort.kind), abort.message),
+    )
     check(
         abort.vote_reason == pb.NO_REASON_BOUND_CROSSED,
         "abort.vote_reason %s, not NO_REASON_BOUND_CROSSED"
@@ -247,7 +253,11 @@ def case_b(c, ids):
     )
     check(abort.participant == c.p0, "abort.participant %r, not %r" % (abort.participant, c.p0))
     ids["B"] = tid
-    return "2PC %s aborted: %s voted NO (BOUND_CROSSED: %s)" % (tid, abort.participant, abort.message)
+    return "2PC %s aborted: %s voted NO, BOUND_CROSSED (%s)" % (
+        tid,
+        abort.participant,
+        abort.message,
+    )
 
 
 def case_c(c, ids):
@@ -267,12 +277,15 @@ def case_c(c, ids):
     # Committing a saga tells each executed step to forget its undo: COMMITTING until then.
     info, done = c.poll(tid, 5, lambda i: i.state == pb.TXN_STATE_COMMITTED)
     check(done, "state still %s after 5 s, not TXN_STATE_COMMITTED" % c.state(info.state))
-    check(info.outcome == pb.OUTCOME_COMMITTED, "GetTransaction outcome %s" % c.outcome(info.outcome))
+    check(
+        info.outcome == pb.OUTCOME_COMMITTED,
+        "GetTransaction outcome %s, not OUTCOME_COMMITTED" % c.outcome(info.outcome),
+    )
     check(
         info.mode == pb.TXN_MODE_SAGA,
         "GetTransaction mode %s, not TXN_MODE_SAGA" % c.name(pb.TxnMode, info.mode),
     )
-    check(len(info.branches) == 2, "%d branches, not 2: %s" % (len(info.branches), c.describe(info)))
+    check(len(info.branches) == 2, "not 2 branches: %s" % c.describe(info))
     check(
         all(b.saga_step for b in info.branches),
         "not every branch is a saga step: %s" % c.describe(info),
@@ -371,7 +384,10 @@ def case_f(c, ids):
         if not missing or time.monotonic() >= deadline:
             break
         time.sleep(0.05)
-    check(not missing, "ListTransactions(COMMITTED) lacks %s (listed %d)" % (sorted(missing), len(listed)))
+    check(
+        not missing,
+        "ListTransactions(COMMITTED) lacks %s (listed %d)" % (sorted(missing), len(listed)),
+    )
     check(
         states <= {pb.TXN_STATE_COMMITTED},
         "ListTransactions(COMMITTED) listed states %s" % sorted(c.state(s) for s in states),
@@ -404,7 +420,10 @@ def main():
     try:
         import grpc
     except ImportError as error:
-        print("FAIL: cannot import grpc (%s): pip install grpcio grpcio-tools" % error, file=sys.stderr)
+        print(
+            "FAIL: cannot import grpc (%s): pip install grpcio grpcio-tools" % error,
+            file=sys.stderr,
+        )
         return 1
 
     out_dir = tempfile.mkdtemp(prefix="concord-py-stubs-")
