@@ -12,6 +12,11 @@ mod servers;
 mod txn;
 mod undelivered;
 
+/// The payment-gateway example (examples/payment_gateway.rs), served by the hidden
+/// `concord payment-gateway` so the tests and the chaos harness can run it as a process.
+#[path = "../../examples/payment_gateway.rs"]
+mod payment_gateway;
+
 use clap::{Parser, Subcommand};
 
 /// Concord: a distributed-transaction coordinator (two-phase commit with saga fallback).
@@ -43,6 +48,9 @@ enum Command {
     /// Serve a unary gRPC echo (started by `concord bench`).
     #[command(hide = true)]
     EchoServer(servers::EchoServerArgs),
+    /// Serve the payment-gateway example: a do/undo-only participant written with the SDK.
+    #[command(hide = true)]
+    PaymentGateway(servers::GatewayServerArgs),
 }
 
 /// mimalloc rather than glibc's malloc: under `concord bench` glibc's malloc and free were ~12%
@@ -127,6 +135,12 @@ fn main() -> std::process::ExitCode {
             Command::EchoServer(args) => {
                 init_tracing("warn");
                 servers::run_echo_server(args).await
+            }
+            Command::PaymentGateway(args) => {
+                init_tracing("info");
+                let stdin_eof = args.stop_on_stdin_eof;
+                payment_gateway::run(args.gateway, servers::shutdown(stdin_eof)).await?;
+                Ok(std::process::ExitCode::SUCCESS)
             }
         }
     });

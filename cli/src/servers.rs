@@ -97,7 +97,7 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
 }
 
 /// Resolves on Ctrl-C or SIGTERM, and, with `stdin_eof`, once standard input closes.
-async fn shutdown(stdin_eof: bool) {
+pub async fn shutdown(stdin_eof: bool) {
     let parent_gone = async {
         if !stdin_eof {
             return std::future::pending::<()>().await;
@@ -134,6 +134,16 @@ fn announce(listener: &tokio::net::TcpListener) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {address}")?;
     stdout.flush()?;
     Ok(())
+}
+
+/// Flags of `concord payment-gateway`.
+#[derive(Args, Debug)]
+pub struct GatewayServerArgs {
+    #[command(flatten)]
+    pub gateway: crate::payment_gateway::GatewayArgs,
+    /// Stop when standard input closes (see `concord participant`).
+    #[arg(long, hide = true)]
+    pub stop_on_stdin_eof: bool,
 }
 
 /// Flags of `concord coordinator`.

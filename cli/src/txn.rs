@@ -559,13 +559,13 @@ fn print_transaction(info: &TransactionInfo) {
     }
     let width = info.branches.iter().map(|b| b.participant.len()).max().unwrap_or(0).max(11);
     println!("branches");
-    println!(
-        "  {:<width$}  {:<14}  {:<9}  {:<8}  DETAIL",
-        "PARTICIPANT", "STATE", "VOTE", "ATTEMPTS"
-    );
     if info.branches.iter().any(|b| b.saga_step) {
         println!("  (* a saga step: executed at once, compensated if the transaction aborts)");
     }
+    println!(
+        "  {:<width$}  {:<15}  {:<9}  {:<8}  DETAIL",
+        "PARTICIPANT", "STATE", "VOTE", "ATTEMPTS"
+    );
     for branch in &info.branches {
         let (vote, mut detail) = match &branch.vote {
             None => ("-", String::new()),
@@ -583,7 +583,7 @@ fn print_transaction(info: &TransactionInfo) {
             detail.push_str(error);
         }
         println!(
-            "  {:<width$}  {:<14}  {:<9}  {:<8}  {detail}",
+            "  {:<width$}  {:<15}  {:<9}  {:<8}  {detail}",
             branch.participant,
             match (branch.state.map_or("unknown", |state| state.as_str()), branch.saga_step) {
                 (state, true) => format!("{state}*"),

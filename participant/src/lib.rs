@@ -5,6 +5,8 @@
 //!   recovers from the log, applies commits and takes checkpoints.
 //! - [`service`]: the `concord.v1.Participant` gRPC service.
 //! - [`resolver`]: the termination protocol for in-doubt branches.
+//! - [`sdk`]: the participant SDK, for services that implement the participant API over
+//!   their own side effects (execute/compensate, optionally prepare/commit/abort).
 //! - [`serve`]: runs all of it on a listener the caller bound, until shutdown.
 //!
 //! DESIGN.md "Protocol rules" and "Storage" are the specification; docs/operations.md says how
@@ -12,6 +14,7 @@
 
 pub mod node;
 pub mod resolver;
+pub mod sdk;
 pub mod service;
 pub mod store;
 
