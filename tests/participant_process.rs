@@ -72,6 +72,7 @@ fn prepare_request(txn_id: &str, operations: Vec<v1::Operation>) -> v1::PrepareR
         operations,
         deadline_unix_ms: now_ms() + DEADLINE_MS,
         one_phase: false,
+        staged: false,
     }
 }
 

@@ -145,6 +145,13 @@ impl v1::participant_server::Participant for StandIn {
         Err(Status::unimplemented("the stand-in participant runs no saga steps"))
     }
 
+    async fn stage(
+        &self,
+        _: Request<v1::StageRequest>,
+    ) -> Result<Response<v1::StageResponse>, Status> {
+        Err(Status::unimplemented("the stand-in participant stages nothing"))
+    }
+
     async fn scan(
         &self,
         _: Request<v1::ScanRequest>,

@@ -104,6 +104,18 @@ pub enum CoordinatorError {
     /// Shutting down (UNAVAILABLE).
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// The request contradicts the transaction's state (FAILED_PRECONDITION).
+    #[error("{0}")]
+    WrongState(String),
+}
+
+/// An interactive transaction begun and not yet committed or rolled back.
+#[derive(Clone, Debug)]
+struct Active {
+    /// Participants enlisted so far, in enlistment order.
+    participants: Vec<String>,
+    created_unix_ms: u64,
+    deadline_unix_ms: u64,
 }
 
 /// A transaction as submitted, validated.
@@ -123,6 +135,9 @@ pub struct NewTxn {
     pub mode: TxnMode,
     /// Saga ordering (see [`Plan::depends_on`]).
     pub depends_on: Option<Vec<Vec<usize>>>,
+    /// An interactive transaction's Commit: each participant prepares what was staged there
+    /// (the operations are empty).
+    pub staged: bool,
 }
 
 /// One transaction in the table.
@@ -224,6 +239,10 @@ pub struct Coordinator<W: Wal> {
     /// Participants that answered Prepare with UNIMPLEMENTED: in AUTO mode their branches run
     /// as saga steps from the start. At most one entry per configured participant.
     saga_only: Mutex<BTreeSet<String>>,
+    /// Interactive transactions begun and not yet committed or rolled back (at most
+    /// `max_inflight`; kept in memory only: a restart loses them, and their participants drop
+    /// what they staged at the deadline).
+    active: Mutex<BTreeMap<TxnId, Active>>,
 }
 
 impl<W: Wal> Coordinator<W> {
@@ -279,7 +298,9 @@ impl<W: Wal> Coordinator<W> {
             fatal: fatal_tx,
             stopping,
             saga_only: Mutex::new(BTreeSet::new()),
+            active: Mutex::new(BTreeMap::new()),
         });
+        tokio::spawn(Arc::clone(&coordinator).run_abandon_sweeper());
 
         coordinator.table().forgotten_before_unix_ms = forgotten_before_unix_ms;
         let (mut resumed, mut aborted, mut probed) = (0, 0, 0);
@@ -407,6 +428,191 @@ impl<W: Wal> Coordinator<W> {
             kinds: new.participants.iter().map(kind).collect(),
             depends_on: new.depends_on.clone(),
             mode: new.mode,
+        }
+    }
+
+    fn active(&self) -> MutexGuard<'_, BTreeMap<TxnId, Active>> {
+        match self.active.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Begins an interactive transaction open for `timeout`; returns its deadline. Idempotent
+    /// while it is open.
+    pub fn begin(&self, txn: &TxnId, timeout: Duration) -> Result<u64, CoordinatorError> {
+        self.refuse_if_failed()?;
+        if self.get(txn).is_some() {
+            return Err(CoordinatorError::WrongState(format!(
+                "txn_id: {txn} is already known here (submitted or committed): begin a new id"
+            )));
+        }
+        let mut active = self.active();
+        if let Some(open) = active.get(txn) {
+            return Ok(open.deadline_unix_ms);
+        }
+        if active.len() >= self.config.max_inflight {
+            return Err(CoordinatorError::Overloaded(format!(
+                "{} interactive transactions are open, the limit",
+                active.len()
+            )));
+        }
+        let now = self.now_ms();
+        let deadline_unix_ms =
+            now.saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let open = Active { participants: Vec::new(), created_unix_ms: now, deadline_unix_ms };
+        active.insert(txn.clone(), open);
+        tracing::debug!(txn_id = %txn, deadline_unix_ms, "interactive transaction begun");
+        Ok(deadline_unix_ms)
+    }
+
+    /// Enlists `participant` (a configured name) in an open interactive transaction; returns
+    /// its deadline.
+    pub fn enlist(&self, txn: &TxnId, participant: &str) -> Result<u64, CoordinatorError> {
+        self.refuse_if_failed()?;
+        let mut active = self.active();
+        let Some(open) = active.get_mut(txn) else {
+            drop(active);
+            return Err(match self.get(txn) {
+                Some(_) => CoordinatorError::WrongState(format!(
+                    "transaction {txn} is committing or finished: nothing more can be staged"
+                )),
+                None => CoordinatorError::NotFound(format!(
+                    "no open transaction {txn}: never begun, past its deadline, or begun before                      this coordinator restarted"
+                )),
+            });
+        };
+        if !open.participants.iter().any(|p| p == participant) {
+            if open.participants.len() >= concord_core::limits::MAX_BRANCHES_PER_TXN {
+                return Err(CoordinatorError::Overloaded(format!(
+                    "transaction {txn} has {} participants, the limit",
+                    open.participants.len()
+                )));
+            }
+            open.participants.push(participant.to_string());
+        }
+        Ok(open.deadline_unix_ms)
+    }
+
+    /// Commits an interactive transaction: two-phase commit over every enlisted participant's
+    /// staged operations. A repeated Commit answers with the outcome; an id not open here is
+    /// fenced and answered ABORTED (nothing of it can commit).
+    pub async fn commit_interactive(
+        self: &Arc<Self>,
+        txn: &TxnId,
+    ) -> Result<Entry, CoordinatorError> {
+        self.refuse_if_failed()?;
+        let Some(open) = self.active().remove(txn) else {
+            return self.fence_unknown(txn, None).await;
+        };
+        if open.participants.is_empty() {
+            // Nothing was staged anywhere: there is nothing to commit, and nothing to log.
+            let mut entry =
+                Entry::new(Vec::new(), TxnMachine::finished(0, Phase::Committed), self.epoch);
+            entry.created_unix_ms = open.created_unix_ms;
+            entry.deadline_unix_ms = open.deadline_unix_ms;
+            self.table().entries.insert(txn.clone(), entry);
+            self.finish(txn);
+            return self
+                .get_durable(txn)
+                .await?
+                .ok_or_else(|| CoordinatorError::NotFound(txn.to_string()));
+        }
+        let remaining_ms = open.deadline_unix_ms.saturating_sub(self.now_ms()).max(1);
+        let n = open.participants.len();
+        self.submit(NewTxn {
+            txn: txn.clone(),
+            participants: open.participants,
+            operations: vec![Vec::new(); n],
+            timeout: Duration::from_millis(remaining_ms),
+            first_submitted_unix_ms: 0,
+            mode: TxnMode::TwoPhase,
+            depends_on: None,
+            staged: true,
+        })
+        .await
+    }
+
+    /// Rolls an open interactive transaction back (or answers for one already aborted).
+    pub async fn rollback(self: &Arc<Self>, txn: &TxnId) -> Result<Entry, CoordinatorError> {
+        self.refuse_if_failed()?;
+        let open = self.active().remove(txn);
+        match open {
+            Some(open) => self.abort_open(txn, open, AbortCause::ClientRollback).await,
+            None => match self.get(txn) {
+                Some(entry) if entry.outcome() == Outcome::Aborted => self
+                    .get_durable(txn)
+                    .await?
+                    .ok_or_else(|| CoordinatorError::NotFound(txn.to_string())),
+                Some(_) => Err(CoordinatorError::WrongState(format!(
+                    "transaction {txn} is already committing or committed: it cannot be rolled back"
+                ))),
+                None => self.fence_unknown(txn, None).await,
+            },
+        }
+    }
+
+    /// Records an open interactive transaction as aborted and tells its participants, which
+    /// drop what they staged.
+    async fn abort_open(
+        self: &Arc<Self>,
+        txn: &TxnId,
+        open: Active,
+        cause: AbortCause,
+    ) -> Result<Entry, CoordinatorError> {
+        let n = open.participants.len();
+        let started = CoordinatorRecord::Started {
+            txn: txn.clone(),
+            participants: open.participants.clone(),
+            created_unix_ms: open.created_unix_ms,
+            deadline_unix_ms: open.deadline_unix_ms,
+        };
+        self.append(&started)?;
+        let lsn =
+            self.append(&CoordinatorRecord::Aborted { txn: txn.clone(), cause: cause.clone() })?;
+        let mut entry = Entry::new(
+            open.participants,
+            TxnMachine::finished(n, Phase::Aborted(cause.clone())),
+            self.epoch,
+        );
+        entry.created_unix_ms = open.created_unix_ms;
+        entry.deadline_unix_ms = open.deadline_unix_ms;
+        entry.decided_unix_ms = self.now_ms();
+        entry.abort_lsn = Some(lsn);
+        self.table().entries.insert(txn.clone(), entry);
+        self.finish(txn);
+        tracing::info!(txn_id = %txn, ?cause, "interactive transaction aborted");
+        self.carry_out(txn, (0..n).map(|branch| Output::SendAbort { branch }).collect());
+        self.get_durable(txn).await?.ok_or_else(|| CoordinatorError::NotFound(txn.to_string()))
+    }
+
+    /// Aborts interactive transactions left open past their deadline (abandoned by their
+    /// client), every 100 ms, until the coordinator stops.
+    async fn run_abandon_sweeper(self: Arc<Self>) {
+        let mut stopping = self.stopping.subscribe();
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stopping.wait_for(|stop| *stop) => return,
+            }
+            let now = self.now_ms();
+            let expired: Vec<(TxnId, Active)> = {
+                let mut active = self.active();
+                let ids: Vec<TxnId> = active
+                    .iter()
+                    .filter(|(_, open)| open.deadline_unix_ms < now)
+                    .map(|(txn, _)| txn.clone())
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|txn| active.remove(&txn).map(|open| (txn, open)))
+                    .collect()
+            };
+            for (txn, open) in expired {
+                if self.abort_open(&txn, open, AbortCause::Deadline).await.is_err() {
+                    return; // the decision log failed; the coordinator stops
+                }
+            }
         }
     }
 
@@ -711,6 +917,7 @@ impl<W: Wal> Coordinator<W> {
                                 operations: new.operations[branch].clone(),
                                 deadline_unix_ms,
                                 one_phase,
+                                staged: new.staged,
                             };
                             let timeout =
                                 deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -1678,6 +1885,7 @@ mod resolve_tests {
             first_submitted_unix_ms: 1_500_000,
             mode: TxnMode::TwoPhase,
             depends_on: None,
+            staged: false,
         };
         // It runs (a one-phase transaction to an unreachable participant: still PENDING while
         // its outcome is probed), rather than being refused as possibly forgotten.
@@ -1744,6 +1952,7 @@ mod resolve_tests {
             first_submitted_unix_ms: 0,
             mode: TxnMode::TwoPhase,
             depends_on: None,
+            staged: false,
         };
         let entry = coordinator.submit(retry.clone()).await.unwrap();
         assert_eq!(entry.outcome(), Outcome::Aborted);

@@ -95,12 +95,7 @@ impl<W: Wal> CoordinatorService<W> {
             .await
             .map_err(status)?;
         self.coordinator.failpoint("coordinator.before_reply").map_err(status)?;
-        Ok(v1::SubmitResponse {
-            txn_id: txn.to_string(),
-            outcome: convert::outcome_to_wire(entry.outcome()).into(),
-            abort: abort_to_wire(&entry),
-            state: txn_state(&entry).into(),
-        })
+        Ok(submitted(&txn, &entry))
     }
 
     fn validate(&self, request: v1::SubmitRequest) -> Result<NewTxn, InvalidInput> {
@@ -222,6 +217,7 @@ impl<W: Wal> CoordinatorService<W> {
             first_submitted_unix_ms: request.first_submitted_unix_ms,
             mode,
             depends_on: any_dependency.then_some(depends_on),
+            staged: false,
         })
     }
 }
@@ -235,6 +231,16 @@ fn status(error: CoordinatorError) -> Status {
         CoordinatorError::MaybeForgotten(message) => Status::data_loss(message),
         CoordinatorError::Fatal(message) => Status::internal(message),
         CoordinatorError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
+        CoordinatorError::WrongState(message) => Status::failed_precondition(message),
+    }
+}
+
+fn submitted(txn: &TxnId, entry: &Entry) -> v1::SubmitResponse {
+    v1::SubmitResponse {
+        txn_id: txn.to_string(),
+        outcome: convert::outcome_to_wire(entry.outcome()).into(),
+        abort: abort_to_wire(entry),
+        state: txn_state(entry).into(),
     }
 }
 
@@ -287,6 +293,10 @@ fn abort_to_wire(entry: &Entry) -> Option<v1::AbortCause> {
         AbortCause::Fenced => {
             wire.kind = Kind::Fenced.into();
             wire.message = "fenced as aborted by a GetTransaction with fence_unknown".into();
+        }
+        AbortCause::ClientRollback => {
+            wire.kind = Kind::ClientRollback.into();
+            wire.message = "rolled back by the client".into();
         }
         AbortCause::StepFailed { branch, reason, message } => {
             wire.kind = Kind::StepFailed.into();
@@ -437,6 +447,76 @@ impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
             transactions: page.iter().map(|(txn, entry)| info(txn, entry)).collect(),
             next_page_token,
         }))
+    }
+
+    async fn begin(
+        &self,
+        request: Request<v1::BeginRequest>,
+    ) -> Result<Response<v1::BeginResponse>, Status> {
+        let request = request.into_inner();
+        let txn = if request.txn_id.is_empty() {
+            TxnId::parse(&uuid::Uuid::new_v4().to_string(), "txn_id")
+        } else {
+            TxnId::parse(&request.txn_id, "txn_id")
+        }
+        .map_err(|e| convert::invalid(&e))?;
+        if u64::from(request.timeout_ms) > limits::MAX_TXN_TIMEOUT_MS {
+            return Err(Status::invalid_argument(format!(
+                "timeout_ms: {} exceeds the limit of {}",
+                request.timeout_ms,
+                limits::MAX_TXN_TIMEOUT_MS
+            )));
+        }
+        let timeout_ms = match request.timeout_ms {
+            0 => limits::DEFAULT_TXN_TIMEOUT_MS,
+            ms => u64::from(ms),
+        };
+        let deadline_unix_ms =
+            self.coordinator.begin(&txn, Duration::from_millis(timeout_ms)).map_err(status)?;
+        Ok(Response::new(v1::BeginResponse { txn_id: txn.to_string(), deadline_unix_ms }))
+    }
+
+    async fn enlist(
+        &self,
+        request: Request<v1::EnlistRequest>,
+    ) -> Result<Response<v1::EnlistResponse>, Status> {
+        let request = request.into_inner();
+        let txn = TxnId::parse(&request.txn_id, "txn_id").map_err(|e| convert::invalid(&e))?;
+        if !self.coordinator.participant_names().any(|name| *name == request.participant) {
+            return Err(Status::invalid_argument(format!(
+                "participant: {:?} is not a participant of this coordinator",
+                request.participant
+            )));
+        }
+        let deadline_unix_ms =
+            self.coordinator.enlist(&txn, &request.participant).map_err(status)?;
+        Ok(Response::new(v1::EnlistResponse { deadline_unix_ms }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<v1::CommitTransactionRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let txn = TxnId::parse(&request.into_inner().txn_id, "txn_id")
+            .map_err(|e| convert::invalid(&e))?;
+        let entry = self
+            .coordinator
+            .commit_interactive(&txn)
+            .instrument(tracing::debug_span!("commit", txn_id = %txn))
+            .await
+            .map_err(status)?;
+        self.coordinator.failpoint("coordinator.before_reply").map_err(status)?;
+        Ok(Response::new(submitted(&txn, &entry)))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<v1::RollbackTransactionRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        let txn = TxnId::parse(&request.into_inner().txn_id, "txn_id")
+            .map_err(|e| convert::invalid(&e))?;
+        let entry = self.coordinator.rollback(&txn).await.map_err(status)?;
+        Ok(Response::new(submitted(&txn, &entry)))
     }
 
     async fn resolve_transaction(

@@ -82,6 +82,12 @@ impl Participant for UnaryOnly {
     ) -> Result<Response<v1::CompensateResponse>, Status> {
         unimplemented()
     }
+    async fn stage(
+        &self,
+        _: Request<v1::StageRequest>,
+    ) -> Result<Response<v1::StageResponse>, Status> {
+        unimplemented()
+    }
     async fn scan(
         &self,
         _: Request<v1::ScanRequest>,
@@ -103,6 +109,7 @@ fn prepare(txn_id: &str) -> v1::PrepareRequest {
         operations: Vec::new(),
         deadline_unix_ms: 1,
         one_phase: false,
+        staged: false,
     }
 }
 

@@ -65,6 +65,8 @@ pub enum AbortCause {
         /// Its message.
         message: String,
     },
+    /// The client rolled an interactive transaction back.
+    ClientRollback,
 }
 
 /// How the coordinator may run a transaction's branches.

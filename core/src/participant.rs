@@ -335,7 +335,12 @@ impl ParticipantEngine {
     where
         E: From<S::Error>,
     {
-        validate_input(now_unix_ms, &input)?;
+        // A duplicate of a staged Prepare (interactive transactions) may come with no
+        // operations once the staged ones were dropped: it gets the answer already given.
+        let known = self.branches.contains_key(&input.txn) || self.decided.contains_key(&input.txn);
+        if !(known && input.operations.is_empty()) {
+            validate_input(now_unix_ms, &input)?;
+        }
         self.forget_expired(now_unix_ms);
 
         // Duplicates and late messages first: they get the answer already given.
@@ -875,6 +880,15 @@ impl ParticipantEngine {
             Some(branch) if branch.commit_lsn.is_some() => Outcome::Committed,
             _ => Outcome::Pending,
         }
+    }
+
+    /// Whether this participant holds anything of `txn`: a prepared or committing branch, an
+    /// executed step, or a remembered decision.
+    #[must_use]
+    pub fn knows(&self, txn: &TxnId) -> bool {
+        self.branches.contains_key(txn)
+            || self.steps.contains_key(txn)
+            || self.decided.contains_key(txn)
     }
 
     /// How many executed saga steps hold undo information.

@@ -54,7 +54,21 @@ pub async fn serve<W: Wal, S: Store, IO: concord_proto::net::Connection>(
     node: Arc<Node<W, S>>,
     resolver: ResolverConfig,
 ) -> Result<(), ServeError> {
-    let participant = ParticipantServer::new(ParticipantService::new(Arc::clone(&node)))
+    // Interactive transactions: the first Stage of a transaction enlists this participant.
+    let coordinator = match &resolver.coordinator {
+        Some(address) => Some(
+            resolver
+                .dialer
+                .dial(address, resolver.call_timeout)
+                .map(concord_proto::v1::coordinator_client::CoordinatorClient::new)
+                .map_err(|e| {
+                    ServeError::Fatal(format!("the coordinator's address {address}: {e}"))
+                })?,
+        ),
+        None => None,
+    };
+    let service = ParticipantService::new(Arc::clone(&node)).with_coordinator(coordinator);
+    let participant = ParticipantServer::new(service)
         .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
     let (stop_tasks, stopped) = tokio::sync::watch::channel(false);
@@ -81,6 +95,7 @@ async fn run_checkpoints<W: Wal, S: Store>(
             _ = ticker.tick() => {}
             _ = stopped.changed() => return,
         }
+        node.sweep_staged();
         if let Err(error) = node.maybe_checkpoint().await {
             tracing::error!(%error, "checkpoint failed");
             return;

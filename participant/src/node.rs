@@ -112,6 +112,18 @@ impl Default for NodeConfig {
     }
 }
 
+/// Operations staged under an interactive transaction, until its Prepare, Abort or deadline.
+/// Not logged: a participant that restarts has nothing staged, and its Prepare votes NO.
+#[derive(Debug)]
+struct Staged {
+    operations: Vec<concord_core::types::Operation>,
+    /// Keys plus values so far.
+    payload: usize,
+    deadline_unix_ms: u64,
+    /// Set once a Prepare took the operations: nothing more may be staged.
+    sealed: bool,
+}
+
 /// A commit to apply once its record is durable.
 struct ApplyJob {
     txn: TxnId,
@@ -140,6 +152,8 @@ pub struct Node<W: Wal, S: Store> {
     /// The highest LSN whose commit the applier has applied (jobs are queued, and applied, in
     /// LSN order).
     applied: watch::Sender<u64>,
+    /// Interactive transactions' staged operations (at most `limits.max_prepared` of them).
+    staged: Mutex<std::collections::HashMap<TxnId, Staged>>,
 }
 
 impl<W: Wal, S: Store> Node<W, S> {
@@ -178,6 +192,7 @@ impl<W: Wal, S: Store> Node<W, S> {
             checkpointing: tokio::sync::Mutex::new(()),
             failed: AtomicBool::new(false),
             fatal,
+            staged: Mutex::new(std::collections::HashMap::new()),
         });
         tokio::spawn(run_applier(Arc::clone(&node), jobs));
         Ok(node)
@@ -243,6 +258,7 @@ impl<W: Wal, S: Store> Node<W, S> {
     /// Phase 2, commit. Acknowledged only once the commit record is durable.
     pub async fn commit(&self, txn: &TxnId) -> Result<(), NodeError> {
         self.refuse_if_failed()?;
+        self.drop_staged(txn);
         if self.engine().outcome(txn) == concord_core::types::Outcome::Pending {
             self.failpoint("participant.before_commit")?;
         }
@@ -353,6 +369,7 @@ impl<W: Wal, S: Store> Node<W, S> {
         let result = self
             .engine()
             .handle_abort(self.now_ms(), txn, deadline_unix_ms, &mut |r| self.append(r));
+        self.drop_staged(txn);
         match result {
             Ok(step) => {
                 self.failpoint("participant.after_abort")?;
@@ -363,6 +380,108 @@ impl<W: Wal, S: Store> Node<W, S> {
                 Err(NodeError::WrongState(message))
             }
             Err(error) => Err(self.check_fatal(error.into())),
+        }
+    }
+
+    /// Stages `operations` under `txn` (enlisted at the coordinator with this `deadline`);
+    /// returns how many are staged. Refused once the transaction is prepared or decided here,
+    /// past its deadline, or beyond the limits of one branch.
+    pub fn stage(
+        &self,
+        txn: &TxnId,
+        operations: Vec<concord_core::types::Operation>,
+        deadline_unix_ms: u64,
+    ) -> Result<usize, NodeError> {
+        self.refuse_if_failed()?;
+        if self.engine().knows(txn) {
+            return Err(NodeError::WrongState(format!(
+                "transaction {txn} is already prepared or decided here: nothing more can be staged"
+            )));
+        }
+        let now = self.now_ms();
+        let payload = concord_core::types::validate_operations(&operations, "operations")?;
+        let mut staged = self.staged();
+        staged.retain(|_, s| s.deadline_unix_ms >= now);
+        if now > deadline_unix_ms {
+            return Err(NodeError::WrongState(format!("transaction {txn} is past its deadline")));
+        }
+        if !staged.contains_key(txn) && staged.len() >= self.config.limits.max_prepared {
+            return Err(NodeError::Overloaded(format!(
+                "{} transactions have operations staged here, the limit",
+                staged.len()
+            )));
+        }
+        let entry = staged.entry(txn.clone()).or_insert(Staged {
+            operations: Vec::new(),
+            payload: 0,
+            deadline_unix_ms,
+            sealed: false,
+        });
+        if entry.sealed {
+            return Err(NodeError::WrongState(format!(
+                "transaction {txn} is being prepared: nothing more can be staged"
+            )));
+        }
+        let count = entry.operations.len() + operations.len();
+        if count > concord_core::limits::MAX_OPERATIONS_PER_BRANCH {
+            return Err(InvalidInput::new(
+                "operations",
+                format!(
+                    "would stage {count} operations under {txn}; a branch holds at most {}",
+                    concord_core::limits::MAX_OPERATIONS_PER_BRANCH
+                ),
+            )
+            .into());
+        }
+        if entry.payload + payload > concord_core::limits::MAX_BRANCH_PAYLOAD_BYTES {
+            return Err(InvalidInput::new(
+                "operations",
+                format!(
+                    "would stage {} bytes of keys and values under {txn}; a branch holds at most {}",
+                    entry.payload + payload,
+                    concord_core::limits::MAX_BRANCH_PAYLOAD_BYTES
+                ),
+            )
+            .into());
+        }
+        entry.payload += payload;
+        entry.operations.extend(operations);
+        Ok(entry.operations.len())
+    }
+
+    /// The deadline of `txn` if something is staged under it here (it is then enlisted).
+    pub fn staged_deadline(&self, txn: &TxnId) -> Option<u64> {
+        self.staged().get(txn).map(|s| s.deadline_unix_ms)
+    }
+
+    /// The operations staged under `txn`, for its Prepare; staging more is refused from now.
+    pub fn take_staged(&self, txn: &TxnId) -> Option<Vec<concord_core::types::Operation>> {
+        let mut staged = self.staged();
+        let entry = staged.get_mut(txn)?;
+        entry.sealed = true;
+        Some(entry.operations.clone())
+    }
+
+    /// Whether this participant holds anything of `txn` (prepared, decided, executed).
+    pub fn knows(&self, txn: &TxnId) -> bool {
+        self.engine().knows(txn)
+    }
+
+    /// Drops what is staged under transactions past their deadline (the coordinator has
+    /// aborted them).
+    pub fn sweep_staged(&self) {
+        let now = self.now_ms();
+        self.staged().retain(|_, s| s.deadline_unix_ms >= now);
+    }
+
+    fn drop_staged(&self, txn: &TxnId) {
+        self.staged().remove(txn);
+    }
+
+    fn staged(&self) -> MutexGuard<'_, std::collections::HashMap<TxnId, Staged>> {
+        match self.staged.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 

@@ -684,6 +684,15 @@ impl<R: Resource, W: Wal> Participant for ResourceService<R, W> {
         Ok(Response::new(v1::ListInDoubtResponse { branches, next_page_token }))
     }
 
+    async fn stage(
+        &self,
+        _: Request<v1::StageRequest>,
+    ) -> Result<Response<v1::StageResponse>, Status> {
+        Err(Status::unimplemented(
+            "an SDK participant stages nothing (no interactive transactions)",
+        ))
+    }
+
     async fn prepare_batch(
         &self,
         _: Request<v1::PrepareBatchRequest>,

@@ -8,8 +8,10 @@ use concord_core::participant::{AbortStep, PrepareInput};
 use concord_core::types::{Epoch, TxnId};
 use concord_proto::convert;
 use concord_proto::v1;
+use concord_proto::v1::coordinator_client::CoordinatorClient;
 use concord_wal::Wal;
 use futures_util::future::join_all;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -19,12 +21,21 @@ use crate::store::Store;
 /// The gRPC face of a participant.
 pub struct ParticipantService<W: Wal, S: Store> {
     node: Arc<Node<W, S>>,
+    /// The coordinator, for enlisting in interactive transactions (none: Stage is refused).
+    coordinator: Option<CoordinatorClient<Channel>>,
 }
 
 impl<W: Wal, S: Store> ParticipantService<W, S> {
     /// Serves `node`.
     pub fn new(node: Arc<Node<W, S>>) -> Self {
-        ParticipantService { node }
+        ParticipantService { node, coordinator: None }
+    }
+
+    /// Enlists with `coordinator` when operations are first staged under a transaction.
+    #[must_use]
+    pub fn with_coordinator(mut self, coordinator: Option<CoordinatorClient<Channel>>) -> Self {
+        self.coordinator = coordinator;
+        self
     }
 
     /// One Prepare, alone or inside a batch.
@@ -33,8 +44,32 @@ impl<W: Wal, S: Store> ParticipantService<W, S> {
         request: v1::PrepareRequest,
     ) -> Result<v1::PrepareResponse, Status> {
         let txn = txn_id(&request.txn_id)?;
-        let operations = convert::operations(request.operations, "operations")
+        let mut operations = convert::operations(request.operations, "operations")
             .map_err(|e| convert::invalid(&e))?;
+        if request.staged {
+            if !operations.is_empty() {
+                return Err(Status::invalid_argument(
+                    "operations: must be empty when staged is set (the staged ones are prepared)",
+                ));
+            }
+            match self.node.take_staged(&txn) {
+                Some(staged) => operations = staged,
+                // A duplicate whose staged operations are gone: the engine answers it.
+                None if self.node.knows(&txn) => {}
+                None => {
+                    return Ok(v1::PrepareResponse {
+                        vote: Some(convert::vote_to_wire(&concord_core::types::Vote::no(
+                            concord_core::types::NoReason::Invalid,
+                            format!(
+                                "nothing is staged here under {txn} (this participant \
+                                 restarted since, or nothing was staged)"
+                            ),
+                        ))),
+                        outcome: v1::Outcome::Aborted.into(),
+                    });
+                }
+            }
+        }
         let span = tracing::debug_span!("prepare", txn_id = %txn, participant = %self.node.name());
         let reply = self
             .node
@@ -200,6 +235,53 @@ impl<W: Wal, S: Store> v1::participant_server::Participant for ParticipantServic
             .await
             .map_err(status)?;
         Ok(Response::new(v1::CompensateResponse {}))
+    }
+
+    async fn stage(
+        &self,
+        request: Request<v1::StageRequest>,
+    ) -> Result<Response<v1::StageResponse>, Status> {
+        let request = request.into_inner();
+        let txn = txn_id(&request.txn_id)?;
+        let operations = convert::operations(request.operations, "operations")
+            .map_err(|e| convert::invalid(&e))?;
+        if self.node.knows(&txn) {
+            return Err(Status::failed_precondition(format!(
+                "transaction {txn} is already prepared or decided here: nothing more can be staged"
+            )));
+        }
+        let deadline_unix_ms = match self.node.staged_deadline(&txn) {
+            Some(deadline) => deadline,
+            None => {
+                let Some(mut coordinator) = self.coordinator.clone() else {
+                    return Err(Status::failed_precondition(
+                        "this participant has no --coordinator to enlist with, so it cannot \
+                         take part in interactive transactions",
+                    ));
+                };
+                let enlist = v1::EnlistRequest {
+                    txn_id: txn.to_string(),
+                    participant: self.node.name().to_string(),
+                };
+                let response = coordinator.enlist(enlist).await.map_err(|status| {
+                    let code = match status.code() {
+                        tonic::Code::NotFound => tonic::Code::FailedPrecondition,
+                        code => code,
+                    };
+                    Status::new(
+                        code,
+                        format!("enlisting with the coordinator: {}", status.message()),
+                    )
+                })?;
+                response.into_inner().deadline_unix_ms
+            }
+        };
+        let staged = self.node.stage(&txn, operations, deadline_unix_ms).map_err(status)?;
+        tracing::debug!(txn_id = %txn, participant = %self.node.name(), staged, "operations staged");
+        Ok(Response::new(v1::StageResponse {
+            staged_operations: u32::try_from(staged).unwrap_or(u32::MAX),
+            deadline_unix_ms,
+        }))
     }
 
     async fn get(

@@ -485,6 +485,34 @@ impl Coordinator for StandInService {
         Err(Status::unimplemented("the stand-in coordinator only resolves transactions"))
     }
 
+    async fn begin(
+        &self,
+        _: Request<v1::BeginRequest>,
+    ) -> Result<Response<v1::BeginResponse>, Status> {
+        Err(Status::unimplemented("the stand-in coordinator only resolves transactions"))
+    }
+
+    async fn enlist(
+        &self,
+        _: Request<v1::EnlistRequest>,
+    ) -> Result<Response<v1::EnlistResponse>, Status> {
+        Err(Status::unimplemented("the stand-in coordinator only resolves transactions"))
+    }
+
+    async fn commit(
+        &self,
+        _: Request<v1::CommitTransactionRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        Err(Status::unimplemented("the stand-in coordinator only resolves transactions"))
+    }
+
+    async fn rollback(
+        &self,
+        _: Request<v1::RollbackTransactionRequest>,
+    ) -> Result<Response<v1::SubmitResponse>, Status> {
+        Err(Status::unimplemented("the stand-in coordinator only resolves transactions"))
+    }
+
     async fn get_transaction(
         &self,
         _request: Request<v1::GetTransactionRequest>,
