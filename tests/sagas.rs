@@ -1,4 +1,4 @@
-//! Sagas and the hybrid fallback over real processes on 127.0.0.1: three sled participants
+//! Sagas, the hybrid fallback and interactive transactions over real processes on 127.0.0.1: three sled participants
 //! (`concord participant`), the payment-gateway example written with the participant SDK
 //! (`concord payment-gateway`, a do/undo-only participant), and `concord coordinator`.
 //!
@@ -8,7 +8,9 @@
 //! resumes it after restart, with NEEDS_ATTENTION shown while the step cannot be compensated
 //! and cleared once it is; a step that cannot be undone because its key changed; hybrid
 //! transactions (two-phase branches plus the gateway as a saga step) in AUTO mode, and the
-//! mode rules.
+//! mode rules. Interactive transactions: begun, staged at participants that enlist
+//! themselves, then committed or rolled back; abandoned ones abort at their deadline; a
+//! participant that restarts loses what it staged and votes NO.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -527,4 +529,112 @@ async fn hybrid_transactions_prepare_the_two_phase_branches_and_run_the_gateway_
     bad.branches[1].depends_on = vec![1];
     let status = cluster.client().submit(bad).await.unwrap_err();
     assert!(status.message().contains("branches[1].depends_on"), "{}", status.message());
+}
+
+fn operation_add(key: &str, delta: i64) -> concord_core::types::Operation {
+    concord_core::types::Operation::CounterAdd {
+        key: key.as_bytes().to_vec(),
+        delta,
+        lower_bound: Some(0),
+        upper_bound: None,
+    }
+}
+
+/// Begin, stage at two participants (each enlists itself), commit: both apply. A rolled back
+/// transaction applies nothing and its participants drop what they staged; one abandoned past
+/// its deadline aborts on its own; Commit of an id never begun is answered ABORTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_transactions_commit_roll_back_and_abort_when_abandoned() {
+    let cluster = Cluster::start(&[]).await;
+    seed(&cluster, "acct").await;
+    let client = concord_client::Client::connect(&cluster.coordinator_address.to_string()).unwrap();
+    let reader = |name: &str| {
+        let address =
+            cluster.participants[NAMES.iter().position(|n| *n == name).unwrap()].address();
+        concord_client::ParticipantReader::connect(&address.to_string(), Duration::from_secs(5))
+            .unwrap()
+    };
+
+    // Commit.
+    let (txn, deadline) = client.begin(Some("order-1"), 5_000).await.unwrap();
+    assert_eq!(txn, "order-1");
+    assert!(deadline > 0);
+    assert_eq!(reader("alpha").stage(&txn, vec![operation_add("acct", -30)]).await.unwrap(), 1);
+    assert_eq!(reader("alpha").stage(&txn, vec![operation_add("acct", -5)]).await.unwrap(), 2);
+    assert_eq!(reader("beta").stage(&txn, vec![operation_add("acct", 35)]).await.unwrap(), 1);
+    assert_eq!(cluster.counter("alpha", "acct").await, 100, "staged is not applied");
+    let committed = client.commit(&txn).await.unwrap();
+    assert_eq!(committed.outcome, concord_core::types::Outcome::Committed);
+    assert_eq!(cluster.counter("alpha", "acct").await, 65);
+    assert_eq!(cluster.counter("beta", "acct").await, 135);
+    let info = cluster.settled(&txn, v1::TxnState::Committed).await;
+    assert_eq!(info.branches.len(), 2, "the enlisted participants");
+    let again = client.commit(&txn).await.unwrap();
+    assert_eq!(again.outcome, concord_core::types::Outcome::Committed, "Commit is idempotent");
+    let late = reader("gamma").stage(&txn, vec![operation_add("acct", 1)]).await;
+    assert!(late.is_err(), "nothing can be staged once committed");
+
+    // Rollback.
+    let (txn, _) = client.begin(None, 5_000).await.unwrap();
+    reader("alpha").stage(&txn, vec![operation_add("acct", -1)]).await.unwrap();
+    assert!(cluster.listed(v1::TxnState::Open).await.contains(&txn), "listed while open");
+    assert_eq!(cluster.info(&txn).await.branches.len(), 1, "alpha enlisted itself");
+    let rolled_back = client.rollback(&txn).await.unwrap();
+    assert_eq!(rolled_back.outcome, concord_core::types::Outcome::Aborted);
+    assert_eq!(rolled_back.abort.unwrap().kind, concord_client::AbortKind::ClientRollback);
+    let after = reader("alpha").stage(&txn, vec![operation_add("acct", -1)]).await;
+    assert!(after.is_err(), "the participant dropped it and the coordinator refuses to enlist");
+    let commit = client.commit(&txn).await.unwrap();
+    assert_eq!(commit.outcome, concord_core::types::Outcome::Aborted, "rolled back stays so");
+    assert_eq!(cluster.counter("alpha", "acct").await, 65);
+
+    // Abandoned: aborts at its deadline without a Commit.
+    let (txn, _) = client.begin(None, 300).await.unwrap();
+    reader("alpha").stage(&txn, vec![operation_add("acct", -1)]).await.unwrap();
+    let info = cluster.settled(&txn, v1::TxnState::Aborted).await;
+    assert_eq!(info.abort.unwrap().kind(), v1::abort_cause::Kind::Deadline);
+    let late = client.commit(&txn).await.unwrap();
+    assert_eq!(late.outcome, concord_core::types::Outcome::Aborted);
+    assert_eq!(cluster.counter("alpha", "acct").await, 65);
+
+    // A NO at Commit (a bound) aborts it; an id never begun is fenced and aborted; staging
+    // under an unknown id is refused with FAILED_PRECONDITION.
+    let (txn, _) = client.begin(None, 5_000).await.unwrap();
+    reader("alpha").stage(&txn, vec![operation_add("acct", -1_000)]).await.unwrap();
+    reader("beta").stage(&txn, vec![operation_add("acct", 1_000)]).await.unwrap();
+    let refused = client.commit(&txn).await.unwrap();
+    assert_eq!(refused.outcome, concord_core::types::Outcome::Aborted);
+    assert_eq!(refused.abort.unwrap().kind, concord_client::AbortKind::VoteNo);
+    assert_eq!(cluster.counter("beta", "acct").await, 135);
+    let unknown = client.commit("never-begun").await.unwrap();
+    assert_eq!(unknown.outcome, concord_core::types::Outcome::Aborted);
+    let status = cluster
+        .participant("alpha")
+        .stage(v1::StageRequest { txn_id: "no-such".into(), operations: vec![add("acct", 1)] })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    // Bad input names the field.
+    let status = client.begin(Some("bad id"), 1_000).await.unwrap_err();
+    assert!(status.to_string().contains("txn_id"), "{status}");
+}
+
+/// A participant restarted between Stage and Commit has lost what it staged (staging is not
+/// logged): its Prepare votes NO and the transaction aborts everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_restarted_after_staging_votes_no() {
+    let mut cluster = Cluster::start(&[]).await;
+    seed(&cluster, "acct").await;
+    let client = concord_client::Client::connect(&cluster.coordinator_address.to_string()).unwrap();
+    let (txn, _) = client.begin(None, 10_000).await.unwrap();
+    for name in ["alpha", "beta"] {
+        let stage = v1::StageRequest { txn_id: txn.clone(), operations: vec![add("acct", 1)] };
+        cluster.participant(name).stage(stage).await.unwrap();
+    }
+    cluster.participants[0].restart().await.unwrap();
+    // The coordinator still dials alpha's old address: restart keeps the port when it can.
+    let response = client.commit(&txn).await.unwrap();
+    assert_eq!(response.outcome, concord_core::types::Outcome::Aborted);
+    assert_eq!(cluster.counter("alpha", "acct").await, 100);
+    assert_eq!(cluster.counter("beta", "acct").await, 100);
 }

@@ -622,6 +622,7 @@ enum StateArg {
     Executing,
     Compensating,
     NeedsAttention,
+    Open,
 }
 
 impl From<StateArg> for TxnState {
@@ -634,6 +635,7 @@ impl From<StateArg> for TxnState {
             StateArg::Executing => TxnState::Executing,
             StateArg::Compensating => TxnState::Compensating,
             StateArg::NeedsAttention => TxnState::NeedsAttention,
+            StateArg::Open => TxnState::Open,
         }
     }
 }

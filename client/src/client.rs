@@ -111,6 +111,56 @@ impl Client {
         .await
     }
 
+    /// Begins an interactive transaction open for `timeout_ms` (0: the coordinator's default)
+    /// under `txn_id` (`None`: the coordinator issues one). Returns the id and the deadline
+    /// (ms since the Unix epoch) by which it must be committed. Services then stage operations
+    /// under the id on their participants ([`crate::ParticipantReader::stage`]), and
+    /// [`Client::commit`] or [`Client::rollback`] finishes it.
+    pub async fn begin(
+        &self,
+        txn_id: Option<&str>,
+        timeout_ms: u32,
+    ) -> Result<(String, u64), ClientError> {
+        let mut request = tonic::Request::new(v1::BeginRequest {
+            txn_id: txn_id.unwrap_or_default().to_string(),
+            timeout_ms,
+        });
+        request.set_timeout(self.options.call_timeout);
+        let response = self
+            .inner
+            .clone()
+            .begin(request)
+            .await
+            .map_err(|status| ClientError::from_status(&status, txn_id))?
+            .into_inner();
+        Ok((response.txn_id, response.deadline_unix_ms))
+    }
+
+    /// Commits an interactive transaction: two-phase commit over what its participants
+    /// staged. Safe to repeat: a repeated Commit answers with the outcome.
+    pub async fn commit(&self, txn_id: &str) -> Result<Submitted, ClientError> {
+        let mut request =
+            tonic::Request::new(v1::CommitTransactionRequest { txn_id: txn_id.to_string() });
+        request.set_timeout(
+            Duration::from_millis(limits::MAX_TXN_TIMEOUT_MS) + self.options.submit_margin,
+        );
+        match self.inner.clone().commit(request).await {
+            Ok(response) => Submitted::from_wire(response.into_inner(), txn_id),
+            Err(status) => Err(ClientError::from_status(&status, Some(txn_id))),
+        }
+    }
+
+    /// Rolls an interactive transaction back: its participants drop what they staged.
+    pub async fn rollback(&self, txn_id: &str) -> Result<Submitted, ClientError> {
+        let mut request =
+            tonic::Request::new(v1::RollbackTransactionRequest { txn_id: txn_id.to_string() });
+        request.set_timeout(self.options.call_timeout);
+        match self.inner.clone().rollback(request).await {
+            Ok(response) => Submitted::from_wire(response.into_inner(), txn_id),
+            Err(status) => Err(ClientError::from_status(&status, Some(txn_id))),
+        }
+    }
+
     /// The state and outcome of `txn_id`. With `fence_unknown`, an id the coordinator has never
     /// seen is recorded as aborted before the answer, so a Submit still in flight can never
     /// commit later: the way to turn an unknown outcome into a definite one.

@@ -179,11 +179,14 @@ pub enum TxnState {
     Compensating,
     /// Aborted; a compensation keeps failing (retried slowly): an operator should look.
     NeedsAttention,
+    /// An interactive transaction begun and not yet committed or rolled back.
+    Open,
 }
 
 impl TxnState {
     /// Every state, for help texts and parsers.
-    pub const ALL: [TxnState; 7] = [
+    pub const ALL: [TxnState; 8] = [
+        TxnState::Open,
         TxnState::Preparing,
         TxnState::Executing,
         TxnState::Committing,
@@ -204,6 +207,7 @@ impl TxnState {
             TxnState::Executing => "executing",
             TxnState::Compensating => "compensating",
             TxnState::NeedsAttention => "needs_attention",
+            TxnState::Open => "open",
         }
     }
 
@@ -218,6 +222,7 @@ impl TxnState {
             v1::TxnState::Executing => Some(TxnState::Executing),
             v1::TxnState::Compensating => Some(TxnState::Compensating),
             v1::TxnState::NeedsAttention => Some(TxnState::NeedsAttention),
+            v1::TxnState::Open => Some(TxnState::Open),
             v1::TxnState::Unspecified => None,
         }
     }
@@ -233,6 +238,7 @@ impl TxnState {
             TxnState::Executing => v1::TxnState::Executing,
             TxnState::Compensating => v1::TxnState::Compensating,
             TxnState::NeedsAttention => v1::TxnState::NeedsAttention,
+            TxnState::Open => v1::TxnState::Open,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`ParticipantReader`]: reads committed data straight from one participant (its Get and Scan
 //! calls), for tools that check what transactions did — the demo's balance check, checkers,
-//! operators. It never writes and takes no locks: it sees committed state only.
+//! operators. It takes no locks and sees committed state only; its one write is
+//! [`ParticipantReader::stage`], which stages operations of an interactive transaction.
 
 use std::time::Duration;
 
@@ -60,6 +61,29 @@ impl ParticipantReader {
             .max_decoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(limits::MAX_GRPC_MESSAGE_BYTES);
         ParticipantReader { inner, call_timeout }
+    }
+
+    /// Stages `operations` under the interactive transaction `txn_id` at this participant
+    /// (which enlists itself with its coordinator the first time); returns how many are staged
+    /// there. The one call here that writes: it is how a service adds its part to a
+    /// transaction begun with [`crate::Client::begin`].
+    pub async fn stage(
+        &self,
+        txn_id: &str,
+        operations: Vec<concord_core::types::Operation>,
+    ) -> Result<u32, ClientError> {
+        let operations =
+            operations.into_iter().map(concord_proto::convert::operation_to_wire).collect();
+        let mut request =
+            tonic::Request::new(v1::StageRequest { txn_id: txn_id.to_string(), operations });
+        request.set_timeout(self.call_timeout);
+        let response = self
+            .inner
+            .clone()
+            .stage(request)
+            .await
+            .map_err(|status| ClientError::from_status(&status, Some(txn_id)))?;
+        Ok(response.into_inner().staged_operations)
     }
 
     /// The committed entry for `key`, or `None` if it does not exist.

@@ -168,6 +168,9 @@ pub struct Entry {
     /// A saga step's Compensate failed `attention_after_attempts` times and still fails: an
     /// operator should look (NEEDS_ATTENTION). Cleared once it succeeds.
     pub needs_attention: bool,
+    /// An interactive transaction still open (begun, staging, not committed): a view of it,
+    /// not an entry of the table.
+    pub open: bool,
 }
 
 impl Entry {
@@ -186,6 +189,7 @@ impl Entry {
             delivered: Arc::new(tokio::sync::Notify::new()),
             abort_lsn: None,
             needs_attention: false,
+            open: false,
         }
     }
 
@@ -442,7 +446,7 @@ impl<W: Wal> Coordinator<W> {
     /// while it is open.
     pub fn begin(&self, txn: &TxnId, timeout: Duration) -> Result<u64, CoordinatorError> {
         self.refuse_if_failed()?;
-        if self.get(txn).is_some() {
+        if self.table().entries.contains_key(txn) {
             return Err(CoordinatorError::WrongState(format!(
                 "txn_id: {txn} is already known here (submitted or committed): begin a new id"
             )));
@@ -473,7 +477,7 @@ impl<W: Wal> Coordinator<W> {
         let mut active = self.active();
         let Some(open) = active.get_mut(txn) else {
             drop(active);
-            return Err(match self.get(txn) {
+            return Err(match self.table().entries.get(txn) {
                 Some(_) => CoordinatorError::WrongState(format!(
                     "transaction {txn} is committing or finished: nothing more can be staged"
                 )),
@@ -537,10 +541,11 @@ impl<W: Wal> Coordinator<W> {
     pub async fn rollback(self: &Arc<Self>, txn: &TxnId) -> Result<Entry, CoordinatorError> {
         self.refuse_if_failed()?;
         let open = self.active().remove(txn);
+        let known = self.table().entries.get(txn).map(Entry::outcome);
         match open {
             Some(open) => self.abort_open(txn, open, AbortCause::ClientRollback).await,
-            None => match self.get(txn) {
-                Some(entry) if entry.outcome() == Outcome::Aborted => self
+            None => match known {
+                Some(Outcome::Aborted) => self
                     .get_durable(txn)
                     .await?
                     .ok_or_else(|| CoordinatorError::NotFound(txn.to_string())),
@@ -708,9 +713,19 @@ impl<W: Wal> Coordinator<W> {
         self.table().forgotten_before_unix_ms
     }
 
-    /// A copy of one transaction's entry.
+    /// A copy of one transaction's entry (or a view of an open interactive transaction).
     pub fn get(&self, txn: &TxnId) -> Option<Entry> {
-        self.table().entries.get(txn).cloned()
+        if let Some(entry) = self.table().entries.get(txn) {
+            return Some(entry.clone());
+        }
+        let open = self.active().get(txn).cloned()?;
+        let n = open.participants.len();
+        let machine = TxnMachine::finished(n, Phase::Preparing);
+        let mut entry = Entry::new(open.participants, machine, self.epoch);
+        entry.created_unix_ms = open.created_unix_ms;
+        entry.deadline_unix_ms = open.deadline_unix_ms;
+        entry.open = true;
+        Some(entry)
     }
 
     /// Records an unknown id as aborted for good (forced), so a late Submit cannot commit it.
@@ -782,11 +797,25 @@ impl<W: Wal> Coordinator<W> {
         after: Option<&TxnId>,
         limit: usize,
     ) -> Vec<(TxnId, Entry)> {
+        // Open interactive transactions first (they are few: at most `max_inflight`), as the
+        // views `get` gives.
+        let open: Vec<TxnId> = self
+            .active()
+            .keys()
+            .filter(|txn| after.is_none_or(|a| *txn > a))
+            .cloned()
+            .collect();
+        let open: Vec<(TxnId, Entry)> = open
+            .into_iter()
+            .filter_map(|txn| self.get(&txn).map(|entry| (txn, entry)))
+            .filter(|(_, entry)| entry.open && filter(entry))
+            .collect();
         let table = self.table();
         let mut matching: Vec<(&TxnId, &Entry)> = table
             .entries
             .iter()
             .filter(|(txn, entry)| after.is_none_or(|a| *txn > a) && filter(entry))
+            .chain(open.iter().map(|(txn, entry)| (txn, entry)))
             .collect();
         matching.sort_by(|a, b| a.0.cmp(b.0));
         matching.into_iter().take(limit).map(|(t, e)| (t.clone(), e.clone())).collect()

@@ -245,6 +245,9 @@ fn submitted(txn: &TxnId, entry: &Entry) -> v1::SubmitResponse {
 }
 
 fn txn_state(entry: &Entry) -> v1::TxnState {
+    if entry.open {
+        return v1::TxnState::Open;
+    }
     match entry.machine.phase() {
         Phase::Preparing => v1::TxnState::Preparing,
         // Deciding follows Preparing, or Executing when there are saga steps.
