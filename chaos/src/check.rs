@@ -9,7 +9,10 @@ use concord_client::{Client, ParticipantReader, Transaction, TxnState};
 use concord_core::types::{Operation, Outcome, counter};
 use tokio::time::Instant;
 
-use crate::workload::{Told, TxnRecord, WorkloadSpec, account_key, applied_key};
+use crate::workload::{
+    Told, TxnRecord, WorkloadSpec, account_key, applied_key, gateway_account_key,
+    gateway_applied_key, marker_key, saga_account_key, saga_applied_key,
+};
 
 /// Examples listed per failed check; the rest are counted.
 const MAX_EXAMPLES: usize = 5;
@@ -62,18 +65,30 @@ async fn quiesce(
     let deadline = Instant::now() + timeout;
     loop {
         let mut stuck = Vec::new();
-        match coordinator.list(Some(TxnState::Committing), 100, "").await {
-            Ok(page) if page.transactions.is_empty() => {}
-            Ok(page) => stuck.push(format!(
-                "{}{} still committing at the coordinator (e.g. {})",
-                page.transactions.len(),
-                if page.next_page_token.is_some() { "+" } else { "" },
-                page.transactions[0].txn_id
-            )),
-            Err(error) => stuck.push(format!("the coordinator did not answer: {error}")),
+        // Commits still being delivered; sagas still executing, compensating or needing
+        // attention (which the nemesis may cause, but which must clear once healed); open
+        // interactive transactions (which abort at their deadline).
+        for state in [
+            TxnState::Committing,
+            TxnState::Executing,
+            TxnState::Compensating,
+            TxnState::NeedsAttention,
+            TxnState::Open,
+        ] {
+            match coordinator.list(Some(state), 100, "").await {
+                Ok(page) if page.transactions.is_empty() => {}
+                Ok(page) => stuck.push(format!(
+                    "{}{} still {state} at the coordinator (e.g. {})",
+                    page.transactions.len(),
+                    if page.next_page_token.is_some() { "+" } else { "" },
+                    page.transactions[0].txn_id
+                )),
+                Err(error) => stuck.push(format!("the coordinator did not answer: {error}")),
+            }
         }
         for (name, reader) in readers {
             match reader.in_doubt(100).await {
+                // The payment gateway (an SDK participant) lists its prepared branches too.
                 Ok(ids) if ids.is_empty() => {}
                 Ok(ids) => {
                     stuck.push(format!("{} in doubt at {name} (e.g. {})", ids.len(), ids[0]))
@@ -112,8 +127,38 @@ async fn resolve(
 #[derive(Default)]
 struct Data {
     markers: HashSet<String>,
-    balances: Vec<Option<i64>>,
-    applied: BTreeMap<usize, i64>,
+    /// Every counter read, by key: balances and applied counters.
+    counters: HashMap<Vec<u8>, i64>,
+}
+
+impl Data {
+    fn counter(&self, key: &[u8]) -> i64 {
+        self.counters.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// The balance keys at a participant (`gateway`: the payment gateway's).
+fn balance_keys(spec: &WorkloadSpec, gateway: bool) -> Vec<Vec<u8>> {
+    if gateway {
+        return (0..spec.workers).map(gateway_account_key).collect();
+    }
+    let mut keys: Vec<Vec<u8>> = (0..spec.accounts).map(account_key).collect();
+    if spec.mix.saga > 0 {
+        keys.extend((0..spec.workers).map(saga_account_key));
+    }
+    keys
+}
+
+/// The applied-counter keys at a participant.
+fn applied_keys(spec: &WorkloadSpec, gateway: bool) -> Vec<Vec<u8>> {
+    if gateway {
+        return (0..spec.workers).map(gateway_applied_key).collect();
+    }
+    let mut keys: Vec<Vec<u8>> = (0..spec.workers).map(applied_key).collect();
+    if spec.mix.saga > 0 {
+        keys.extend((0..spec.workers).map(saga_applied_key));
+    }
+    keys
 }
 
 async fn read(reader: &ParticipantReader, spec: &WorkloadSpec) -> Result<Data, String> {
@@ -121,17 +166,43 @@ async fn read(reader: &ParticipantReader, spec: &WorkloadSpec) -> Result<Data, S
     if page.next_start.is_some() {
         return Err(format!("more than {MAX_SCAN_ENTRIES} keys"));
     }
-    let mut data = Data { balances: vec![None; spec.accounts], ..Data::default() };
-    let accounts: HashMap<Vec<u8>, usize> =
-        (0..spec.accounts).map(|i| (account_key(i), i)).collect();
-    let workers: HashMap<Vec<u8>, usize> = (0..spec.workers).map(|w| (applied_key(w), w)).collect();
+    let mut data = Data::default();
+    let counters: HashSet<Vec<u8>> =
+        balance_keys(spec, false).into_iter().chain(applied_keys(spec, false)).collect();
     for entry in page.entries {
         if let Some(id) = entry.key.strip_prefix(b"t/") {
             data.markers.insert(String::from_utf8_lossy(id).into_owned());
-        } else if let Some(index) = accounts.get(&entry.key) {
-            data.balances[*index] = counter::decode(&entry.value);
-        } else if let Some(worker) = workers.get(&entry.key) {
-            data.applied.insert(*worker, counter::decode(&entry.value).unwrap_or(i64::MIN));
+        } else if counters.contains(&entry.key) {
+            data.counters.insert(entry.key, counter::decode(&entry.value).unwrap_or(i64::MIN));
+        }
+    }
+    Ok(data)
+}
+
+/// Reads the payment gateway, which answers Get only: its balances and counters, and the
+/// marker (a counter, 1 when applied) of every transaction with a step there.
+async fn read_gateway(
+    reader: &ParticipantReader,
+    spec: &WorkloadSpec,
+    txns: &[TxnRecord],
+    index: usize,
+) -> Result<Data, String> {
+    let mut data = Data::default();
+    for key in balance_keys(spec, true).into_iter().chain(applied_keys(spec, true)) {
+        if let Some(entry) = reader.get(&key).await.map_err(|e| e.to_string())? {
+            data.counters.insert(key, counter::decode(&entry.value).unwrap_or(i64::MIN));
+        }
+    }
+    for record in txns.iter().filter(|t| t.participants.contains(&index)) {
+        let entry = reader.get(&marker_key(&record.id)).await.map_err(|e| e.to_string())?;
+        match entry.map(|e| counter::decode(&e.value)) {
+            Some(Some(1)) => {
+                data.markers.insert(record.id.clone());
+            }
+            None | Some(Some(0)) => {}
+            Some(other) => {
+                return Err(format!("the marker of {} at the gateway is {other:?}", record.id));
+            }
         }
     }
     Ok(data)
@@ -202,8 +273,14 @@ pub async fn run_checks(
     // Read every participant.
     let mut data = Vec::new();
     let mut unreadable = Vec::new();
-    for (name, reader) in readers {
-        match read(reader, spec).await {
+    let sled = readers.len() - usize::from(spec.gateway.is_some());
+    for (index, (name, reader)) in readers.iter().enumerate() {
+        let read = if index >= sled {
+            read_gateway(reader, spec, &txns, index).await
+        } else {
+            read(reader, spec).await
+        };
+        match read {
             Ok(d) => data.push(d),
             Err(error) => {
                 unreadable.push(format!("{name}: {error}"));
@@ -224,7 +301,7 @@ pub async fn run_checks(
     // Atomicity, and outcomes matching the data.
     let mut partial = Vec::new();
     let mut mismatched = Vec::new();
-    let mut expected_applied: BTreeMap<(usize, usize), i64> = BTreeMap::new();
+    let mut expected_applied: BTreeMap<(usize, Vec<u8>), i64> = BTreeMap::new();
     let known: HashSet<&str> = txns.iter().map(|t| t.id.as_str()).collect();
     for record in &txns {
         let at: Vec<bool> =
@@ -252,7 +329,8 @@ pub async fn run_checks(
                     mismatched.push(format!("{} committed but {}", record.id, names.join(" ")));
                 }
                 for p in &record.participants {
-                    *expected_applied.entry((*p, record.worker)).or_insert(0) += 1;
+                    let key = record.applied_key(*p, sled);
+                    *expected_applied.entry((*p, key)).or_insert(0) += 1;
                 }
             }
             Told::Aborted => {
@@ -291,12 +369,13 @@ pub async fn run_checks(
     // Exactly once: each worker's applied counter at each participant counts its commits there.
     let mut twice = Vec::new();
     for (p, d) in data.iter().enumerate() {
-        for worker in 0..spec.workers {
-            let expected = expected_applied.get(&(p, worker)).copied().unwrap_or(0);
-            let applied = d.applied.get(&worker).copied().unwrap_or(0);
+        for key in applied_keys(spec, p >= sled) {
+            let expected = expected_applied.get(&(p, key.clone())).copied().unwrap_or(0);
+            let applied = d.counter(&key);
             if applied != expected {
                 twice.push(format!(
-                    "worker {worker} at {}: {applied} branches applied, {expected} committed",
+                    "{} at {}: {applied} branches applied, {expected} committed",
+                    String::from_utf8_lossy(&key),
                     readers[p].0
                 ));
             }
@@ -313,16 +392,19 @@ pub async fn run_checks(
     // Money: conserved, never past a bound.
     let mut sum: i128 = 0;
     let mut negative = Vec::new();
+    let mut balances = 0usize;
     for (p, d) in data.iter().enumerate() {
-        for (index, balance) in d.balances.iter().enumerate() {
-            let balance = balance.unwrap_or(0);
+        for key in balance_keys(spec, p >= sled) {
+            balances += 1;
+            let balance = d.counter(&key);
             sum += i128::from(balance);
             if balance < 0 {
-                negative.push(format!("acct-{index:04} at {} is {balance}", readers[p].0));
+                let key = String::from_utf8_lossy(&key);
+                negative.push(format!("{key} at {} is {balance}", readers[p].0));
             }
         }
     }
-    let expected = i128::from(spec.initial_balance) * (spec.accounts * readers.len()) as i128;
+    let expected = i128::from(spec.initial_balance) * balances as i128;
     let drift = if sum == expected {
         Vec::new()
     } else {
@@ -346,7 +428,7 @@ pub async fn run_checks(
     // Nothing stuck: and no lock held — a probe touching every account and counter at each
     // participant must commit.
     let mut stuck = stuck;
-    for (name, _) in readers {
+    for (name, _) in &readers[..sled] {
         if let Err(problem) = probe_locks(coordinator, name, spec).await {
             stuck.push(problem);
         }

@@ -78,6 +78,9 @@ pub struct ClusterSpec {
     pub coordinator_args: Vec<String>,
     /// Extra `concord participant` arguments.
     pub participant_args: Vec<String>,
+    /// The participant (one of `participants`) that is the payment-gateway example
+    /// (`concord payment-gateway`, a do/undo-only SDK participant), if any.
+    pub gateway: Option<String>,
 }
 
 /// A directed link between two parts of the cluster, each through its own proxy.
@@ -296,6 +299,10 @@ impl Cluster {
                 }
                 args.extend(self.spec.coordinator_args.iter().map(OsString::from));
                 ("coordinator".to_string(), self.coordinator_address)
+            }
+            NodeId::Participant(index) if self.spec.gateway.as_ref() == Some(&name) => {
+                args.extend(["payment-gateway".into(), "--name".into(), OsString::from(&name)]);
+                (format!("payment gateway {name}"), self.participant_addresses[index])
             }
             NodeId::Participant(index) => {
                 args.extend(["participant".into(), "--name".into(), OsString::from(&name)]);

@@ -19,6 +19,8 @@ use crate::workload::{self, FaultClock, History, WorkloadSpec, account_key};
 
 /// The participants of a chaos cluster.
 pub const PARTICIPANTS: [&str; 3] = ["alpha", "beta", "gamma"];
+/// The payment gateway's name, when the workload uses it.
+pub const GATEWAY: &str = "gateway";
 /// How long the workers may take to finish their last calls once told to stop.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,7 +59,7 @@ pub struct Report {
     /// The seed (replay with `concord chaos --seed`).
     pub seed: u64,
     /// The workload kind.
-    pub workload: &'static str,
+    pub workload: String,
     /// Seconds of workload and faults.
     pub duration_s: f64,
     /// Transactions submitted (distinct ids).
@@ -161,10 +163,13 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Report> {
     }
     std::fs::create_dir_all(&config.dir)
         .with_context(|| format!("creating {}", config.dir.display()))?;
+    let mut participants: Vec<String> = PARTICIPANTS.iter().map(|s| s.to_string()).collect();
+    participants.extend(config.workload.gateway.clone());
     let spec = ClusterSpec {
         exe: config.exe.clone(),
         dir: config.dir.clone(),
-        participants: PARTICIPANTS.iter().map(|s| s.to_string()).collect(),
+        participants,
+        gateway: config.workload.gateway.clone(),
         env: config.env.clone(),
         // Short timeouts and small checkpoints, so recovery, retries and log truncation all
         // happen within a short run.
@@ -175,6 +180,12 @@ pub async fn run(config: ChaosConfig) -> anyhow::Result<Report> {
             "500",
             "--segment-bytes",
             "262144",
+            // A compensation the faults hold up shows NEEDS_ATTENTION after a few attempts
+            // and is retried every second, so it clears soon after healing.
+            "--attention-after-attempts",
+            "5",
+            "--attention-retry-ms",
+            "1000",
         ]
         .map(String::from)
         .to_vec(),
@@ -206,6 +217,7 @@ async fn run_on(
 ) -> anyhow::Result<Report> {
     let (client_address, coordinator_address, participant_addresses, names) = {
         let cluster = cluster.lock().await;
+        // Every participant, the payment gateway (if any) last.
         let names = cluster.participant_names().to_vec();
         let addresses: Vec<_> = (0..names.len()).map(|i| cluster.participant_address(i)).collect();
         (cluster.client_address(), cluster.coordinator_address(), addresses, names)
@@ -229,26 +241,35 @@ async fn run_on(
         Arc::clone(&faults),
         Arc::clone(&stop_nemesis),
     ));
-    load_accounts(&client, &names, &config.workload).await?;
+    let sled = &names[..PARTICIPANTS.len()];
+    load_accounts(&client, sled, &config.workload).await?;
+    if let Some(gateway) = &config.workload.gateway {
+        load_gateway(&client, gateway, &config.workload).await?;
+    }
     let history = Arc::new(History::create(&config.dir.join("history.jsonl"))?);
     let stop_workers = Arc::new(AtomicBool::new(false));
     let spec = Arc::new(config.workload.clone());
-    let participants = Arc::new(names.clone());
-    let run_id = format!("r{:x}", config.seed & 0xffff_ffff);
+    let mut stagers = Vec::new();
+    for address in &participant_addresses[..PARTICIPANTS.len()] {
+        stagers.push(ParticipantReader::connect(&address.to_string(), Duration::from_secs(3))?);
+    }
+    let context = Arc::new(workload::WorkerContext {
+        spec: Arc::clone(&spec),
+        client: client.clone(),
+        participants: Arc::new(sled.to_vec()),
+        stagers: Arc::new(stagers),
+        run_id: format!("r{:x}", config.seed & 0xffff_ffff),
+        history: Arc::clone(&history),
+        faults: Arc::clone(&faults),
+        stop: Arc::clone(&stop_workers),
+    });
+    let run_id = context.run_id.clone();
     let mut seeds = Prng::new(config.seed);
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..spec.workers {
-        workers.spawn(workload::run_worker(
-            Arc::clone(&spec),
-            client.clone(),
-            Arc::clone(&participants),
-            worker,
-            run_id.clone(),
-            Prng::new(seeds.next_u64()),
-            Arc::clone(&history),
-            Arc::clone(&faults),
-            Arc::clone(&stop_workers),
-        ));
+        let context = Arc::clone(&context);
+        let rng = Prng::new(seeds.next_u64());
+        workers.spawn(async move { workload::run_worker_with(&context, worker, rng).await });
     }
     let resolver = tokio::spawn(workload::run_resolver(
         client.clone(),
@@ -328,7 +349,7 @@ async fn run_on(
     Ok(Report {
         passed,
         seed: config.seed,
-        workload: "transfer",
+        workload: workload_name(&spec.mix).to_string(),
         duration_s,
         transactions: txns.len() as u64,
         committed: findings.committed,
@@ -348,6 +369,70 @@ async fn run_on(
         harness_errors,
         kept: None,
     })
+}
+
+/// The name `concord chaos --workload` gives `mix`.
+fn workload_name(mix: &workload::Mix) -> &'static str {
+    ["transfer", "saga", "hybrid", "interactive", "mixed"]
+        .into_iter()
+        .find(|name| workload::Mix::named(name).as_ref() == Some(mix))
+        .unwrap_or("custom")
+}
+
+/// Credits every worker's account at the payment gateway with the initial balance (a
+/// one-step saga), retried until committed (for at most a minute).
+async fn load_gateway(client: &Client, gateway: &str, spec: &WorkloadSpec) -> anyhow::Result<()> {
+    let workers: Vec<usize> = (0..spec.workers).collect();
+    for (chunk, workers) in
+        workers.chunks(concord_core::limits::MAX_OPERATIONS_PER_BRANCH).enumerate()
+    {
+        load_gateway_chunk(client, gateway, spec, chunk, workers).await?;
+    }
+    Ok(())
+}
+
+/// Credits the gateway accounts of `workers`.
+async fn load_gateway_chunk(
+    client: &Client,
+    gateway: &str,
+    spec: &WorkloadSpec,
+    chunk: usize,
+    workers: &[usize],
+) -> anyhow::Result<()> {
+    let operations: Vec<Operation> = workers
+        .iter()
+        .map(|w| Operation::CounterAdd {
+            key: workload::gateway_account_key(*w),
+            delta: spec.initial_balance,
+            lower_bound: None,
+            upper_bound: None,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for attempt in 1.. {
+        let txn = Transaction::new()
+            .with_txn_id(format!("load-{gateway}-{chunk}-{attempt}"))
+            .with_mode(concord_client::TxnMode::Saga)
+            .with_branch(gateway, operations.clone());
+        // Retry one id until definite; a new id only after a definite abort.
+        loop {
+            match client.submit(&txn).await {
+                Ok(submitted) if submitted.outcome == Outcome::Committed => return Ok(()),
+                Ok(submitted) if submitted.outcome == Outcome::Aborted => break,
+                other => {
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "loading the gateway's accounts: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "loading the gateway's accounts kept aborting");
+        // An aborted saga's step is compensated: the accounts are as before.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// Fences `id`, retrying while the coordinator is unreachable (at most a minute).
@@ -379,40 +464,57 @@ pub async fn load_accounts(
     spec: &WorkloadSpec,
 ) -> anyhow::Result<()> {
     for name in names {
-        let operations: Vec<Operation> = (0..spec.accounts)
-            .map(|i| Operation::CounterAdd {
-                key: account_key(i),
-                delta: spec.initial_balance,
-                lower_bound: None,
-                upper_bound: None,
-            })
-            .collect();
-        let mut attempt = 1;
-        let mut txn = Transaction::new()
-            .with_txn_id(format!("load-{name}-{attempt}"))
-            .with_branch(name.clone(), operations.clone());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match client.submit(&txn).await {
-                Ok(submitted) if submitted.outcome == Outcome::Committed => break,
-                // Aborted (a crash undid it): nothing was applied, so a new id may try again.
-                Ok(submitted) if submitted.outcome == Outcome::Aborted => {
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "loading accounts at {name} kept aborting: {:?}",
-                        submitted.abort
-                    );
-                    attempt += 1;
-                    txn = Transaction::new()
-                        .with_txn_id(format!("load-{name}-{attempt}"))
-                        .with_branch(name.clone(), operations.clone());
+        let mut keys: Vec<Vec<u8>> = (0..spec.accounts).map(account_key).collect();
+        if spec.mix.saga > 0 {
+            keys.extend((0..spec.workers).map(workload::saga_account_key));
+        }
+        // One transaction per branch-sized chunk of keys.
+        for (chunk, keys) in
+            keys.chunks(concord_core::limits::MAX_OPERATIONS_PER_BRANCH).enumerate()
+        {
+            let operations: Vec<Operation> = keys
+                .iter()
+                .map(|key| Operation::CounterAdd {
+                    key: key.clone(),
+                    delta: spec.initial_balance,
+                    lower_bound: None,
+                    upper_bound: None,
+                })
+                .collect();
+            let id = |attempt: u32| {
+                if chunk == 0 {
+                    format!("load-{name}-{attempt}")
+                } else {
+                    format!("load-{name}-{chunk}-{attempt}")
                 }
-                other => {
-                    anyhow::ensure!(
-                        Instant::now() < deadline,
-                        "loading accounts at {name}: {other:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let mut attempt = 1;
+            let mut txn = Transaction::new()
+                .with_txn_id(id(attempt))
+                .with_branch(name.clone(), operations.clone());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match client.submit(&txn).await {
+                    Ok(submitted) if submitted.outcome == Outcome::Committed => break,
+                    // Aborted (a crash undid it): nothing was applied, so a new id may try again.
+                    Ok(submitted) if submitted.outcome == Outcome::Aborted => {
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "loading accounts at {name} kept aborting: {:?}",
+                            submitted.abort
+                        );
+                        attempt += 1;
+                        txn = Transaction::new()
+                            .with_txn_id(id(attempt))
+                            .with_branch(name.clone(), operations.clone());
+                    }
+                    other => {
+                        anyhow::ensure!(
+                            Instant::now() < deadline,
+                            "loading accounts at {name}: {other:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }

@@ -10,13 +10,29 @@
 //!
 //! Every call is an event of the history (invoke, then ok / fail / unknown), streamed to
 //! `history.jsonl`; the in-memory summary keeps one small record per transaction.
+//!
+//! Besides transfers ([`Kind::Transfer`]), a worker can run, as its [`Mix`] says:
+//!
+//! - **sagas** ([`Kind::Saga`]): a transfer in SAGA mode between the worker's own saga
+//!   accounts (`sacct-W`, counted by `sapplied-W`). Sagas take no locks and a compensation
+//!   refuses to overwrite a newer value, so only that worker's sagas touch these keys, one at
+//!   a time: the worker waits until each saga is settled (committed, or every step
+//!   compensated) before the next.
+//! - **hybrid** ([`Kind::Hybrid`]): AUTO mode with a two-phase branch at a participant (the
+//!   shared accounts) and a saga step at the payment gateway (the worker's `gacct-W`, counted
+//!   by `gapplied-W`, its marker a counter `t/ID` = 1); a gateway debit beyond the balance is
+//!   declined, which aborts the prepared branch.
+//! - **interactive** ([`Kind::Interactive`]): Begin, Stage at both participants (each
+//!   enlists itself), Commit; a failed Stage rolls the transaction back.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use concord_client::{Client, ClientError, Transaction};
+use concord_client::{
+    Client, ClientError, ParticipantReader, Submitted, Transaction, TxnMode, TxnState,
+};
 use concord_core::types::{Operation, Outcome};
 use tokio::time::Instant;
 
@@ -36,6 +52,98 @@ pub fn applied_key(worker: usize) -> Vec<u8> {
 /// The marker a transaction's branches write.
 pub fn marker_key(txn_id: &str) -> Vec<u8> {
     format!("t/{txn_id}").into_bytes()
+}
+
+/// A worker's own saga account at each participant (only its sagas touch it).
+pub fn saga_account_key(worker: usize) -> Vec<u8> {
+    format!("sacct-{worker:03}").into_bytes()
+}
+
+/// A worker's counter of the saga branches it applied at one participant.
+pub fn saga_applied_key(worker: usize) -> Vec<u8> {
+    format!("sapplied-{worker:03}").into_bytes()
+}
+
+/// A worker's account at the payment gateway.
+pub fn gateway_account_key(worker: usize) -> Vec<u8> {
+    format!("gacct-{worker:03}").into_bytes()
+}
+
+/// A worker's counter of the gateway steps it applied.
+pub fn gateway_applied_key(worker: usize) -> Vec<u8> {
+    format!("gapplied-{worker:03}").into_bytes()
+}
+
+/// What kind of transaction a record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Kind {
+    /// A transfer: two-phase across participants, or one-phase within one.
+    Transfer,
+    /// A transfer as a saga between the worker's saga accounts.
+    Saga,
+    /// Two-phase at a participant plus a saga step at the payment gateway (AUTO mode).
+    Hybrid,
+    /// An interactive transfer: Begin, Stage at each participant, Commit.
+    Interactive,
+}
+
+/// How often each kind of transaction runs, in percent (summing to 100).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mix {
+    /// Transfers.
+    pub transfer: u64,
+    /// Sagas.
+    pub saga: u64,
+    /// Hybrid transactions (need the payment gateway).
+    pub hybrid: u64,
+    /// Interactive transactions.
+    pub interactive: u64,
+}
+
+impl Mix {
+    /// Transfers only.
+    pub const TRANSFER: Mix = Mix { transfer: 100, saga: 0, hybrid: 0, interactive: 0 };
+
+    /// The mix `concord chaos --workload NAME` runs.
+    #[must_use]
+    pub fn named(name: &str) -> Option<Mix> {
+        let only = |kind: Kind| {
+            let mut mix = Mix { transfer: 0, saga: 0, hybrid: 0, interactive: 0 };
+            match kind {
+                Kind::Transfer => mix.transfer = 100,
+                Kind::Saga => mix.saga = 100,
+                Kind::Hybrid => mix.hybrid = 100,
+                Kind::Interactive => mix.interactive = 100,
+            }
+            mix
+        };
+        match name {
+            "transfer" => Some(only(Kind::Transfer)),
+            "saga" => Some(only(Kind::Saga)),
+            "hybrid" => Some(only(Kind::Hybrid)),
+            "interactive" => Some(only(Kind::Interactive)),
+            "mixed" => Some(Mix { transfer: 40, saga: 20, hybrid: 20, interactive: 20 }),
+            _ => None,
+        }
+    }
+
+    /// Whether any transaction uses the payment gateway.
+    #[must_use]
+    pub fn uses_gateway(&self) -> bool {
+        self.hybrid > 0
+    }
+
+    fn pick(&self, roll: u64) -> Kind {
+        if roll < self.transfer {
+            Kind::Transfer
+        } else if roll < self.transfer + self.saga {
+            Kind::Saga
+        } else if roll < self.transfer + self.saga + self.hybrid {
+            Kind::Hybrid
+        } else {
+            Kind::Interactive
+        }
+    }
 }
 
 /// The shape of the workload.
@@ -64,6 +172,11 @@ pub struct WorkloadSpec {
     /// The wall clock that stamps first submissions (the system's; simulated time under
     /// simulation, so it agrees with the coordinator's).
     pub clock: fn() -> u64,
+    /// Which kinds of transaction run, how often.
+    pub mix: Mix,
+    /// The payment gateway's name at the coordinator, when the mix uses it. Its reader comes
+    /// right after the participants' (its index in a record is the number of participants).
+    pub gateway: Option<String>,
 }
 
 impl Default for WorkloadSpec {
@@ -80,6 +193,8 @@ impl Default for WorkloadSpec {
             unknown_retries: 2,
             max_transactions: 2_000_000,
             clock: now_unix_ms,
+            mix: Mix::TRANSFER,
+            gateway: None,
         }
     }
 }
@@ -102,8 +217,11 @@ pub struct TxnRecord {
     pub id: String,
     /// The worker that ran it.
     pub worker: usize,
-    /// The participants (indexes) it has branches at: one, or two.
+    /// The participants (indexes) it has branches at: one, or two (the payment gateway's
+    /// index is the number of participants).
     pub participants: Vec<usize>,
+    /// What kind of transaction it is (which keys its branches count themselves in).
+    pub kind: Kind,
     /// When it was first submitted (for fencing).
     pub first_submitted_unix_ms: u64,
     /// The last definite answer.
@@ -302,10 +420,108 @@ fn transfer(
     (txn, vec![from, to])
 }
 
-/// One submit call, recorded.
+impl TxnRecord {
+    /// The counter its branch at `participant` adds 1 to, in a cluster of `participants`
+    /// participants (a higher index is the payment gateway).
+    #[must_use]
+    pub fn applied_key(&self, participant: usize, participants: usize) -> Vec<u8> {
+        if participant >= participants {
+            gateway_applied_key(self.worker)
+        } else if self.kind == Kind::Saga {
+            saga_applied_key(self.worker)
+        } else {
+            applied_key(self.worker)
+        }
+    }
+}
+
+/// A saga between `worker`'s saga accounts at two participants.
+fn saga(
+    spec: &WorkloadSpec,
+    rng: &mut Prng,
+    participants: &[String],
+    worker: usize,
+    id: &str,
+) -> (Transaction, Vec<usize>) {
+    // Now and then more than the account holds: the debit step fails and the saga compensates.
+    let amount = 1 + rng.below(spec.initial_balance as u64) as i64;
+    let from = rng.below(participants.len() as u64) as usize;
+    let to = (from + 1 + rng.below(participants.len() as u64 - 1) as usize) % participants.len();
+    let step = |delta: i64, lower: Option<i64>| {
+        vec![
+            Operation::CounterAdd {
+                key: saga_account_key(worker),
+                delta,
+                lower_bound: lower,
+                upper_bound: None,
+            },
+            Operation::CounterAdd {
+                key: saga_applied_key(worker),
+                delta: 1,
+                lower_bound: None,
+                upper_bound: None,
+            },
+            Operation::Put { key: marker_key(id), value: b"1".to_vec() },
+        ]
+    };
+    // The credit first half the time: then a failing debit compensates an executed step.
+    let (first, second) = if rng.below(2) == 0 {
+        ((to, step(amount, None)), (from, step(-amount, Some(0))))
+    } else {
+        ((from, step(-amount, Some(0))), (to, step(amount, None)))
+    };
+    let txn = Transaction::new()
+        .with_txn_id(id)
+        .with_timeout_ms(spec.txn_timeout_ms)
+        .with_mode(TxnMode::Saga)
+        .with_branch(participants[first.0].clone(), first.1)
+        .with_branch(participants[second.0].clone(), second.1);
+    (txn, vec![first.0, second.0])
+}
+
+/// A two-phase branch at a participant and a saga step at the payment gateway (AUTO mode).
+fn hybrid(
+    spec: &WorkloadSpec,
+    rng: &mut Prng,
+    participants: &[String],
+    gateway: &str,
+    worker: usize,
+    id: &str,
+) -> (Transaction, Vec<usize>) {
+    let amount = 1 + rng.below(spec.max_amount as u64) as i64;
+    let at = rng.below(participants.len() as u64) as usize;
+    let account = rng.below(spec.accounts as u64) as usize;
+    // Into the gateway half the time; out of it (declined when the balance is short) else.
+    let to_gateway = rng.below(2) == 0;
+    let (local, remote) = if to_gateway { (-amount, amount) } else { (amount, -amount) };
+    let add = |key: Vec<u8>, delta: i64, lower: Option<i64>| Operation::CounterAdd {
+        key,
+        delta,
+        lower_bound: lower,
+        upper_bound: None,
+    };
+    let local_branch = vec![
+        add(account_key(account), local, to_gateway.then_some(0)),
+        add(applied_key(worker), 1, None),
+        Operation::Put { key: marker_key(id), value: b"1".to_vec() },
+    ];
+    let gateway_branch = vec![
+        add(gateway_account_key(worker), remote, (!to_gateway).then_some(0)),
+        add(gateway_applied_key(worker), 1, None),
+        add(marker_key(id), 1, None),
+    ];
+    let txn = Transaction::new()
+        .with_txn_id(id)
+        .with_timeout_ms(spec.txn_timeout_ms)
+        .with_mode(TxnMode::Auto)
+        .with_branch(participants[at].clone(), local_branch)
+        .with_branch(gateway.to_string(), gateway_branch);
+    (txn, vec![at, participants.len()])
+}
+
+/// One call to the coordinator (a submit, or an interactive Commit), recorded.
 async fn call(
-    client: &Client,
-    txn: &Transaction,
+    answer: impl Future<Output = Result<Submitted, ClientError>>,
     index: usize,
     id: &str,
     history: &History,
@@ -315,7 +531,7 @@ async fn call(
     history.event(id, "invoke", if duplicate { "duplicate" } else { "" });
     let mark = faults.mark();
     let started = Instant::now();
-    let result = client.submit(txn).await;
+    let result = answer.await;
     let latency = started.elapsed();
     let (told, kind, detail) = match &result {
         Ok(submitted) => match submitted.outcome {
@@ -357,6 +573,27 @@ fn short(error: &ClientError) -> String {
     text.chars().take(160).collect()
 }
 
+/// What every worker shares.
+pub struct WorkerContext {
+    /// The workload's shape.
+    pub spec: Arc<WorkloadSpec>,
+    /// The coordinator (through its faulty link).
+    pub client: Client,
+    /// The participants' names (the payment gateway's not among them).
+    pub participants: Arc<Vec<String>>,
+    /// A direct connection to each participant, for staging interactive transactions (as a
+    /// service talks to its own sidecar). Empty when the mix has none.
+    pub stagers: Arc<Vec<ParticipantReader>>,
+    /// Ids are `RUN-wWORKER-SEQUENCE`.
+    pub run_id: String,
+    /// The history.
+    pub history: Arc<History>,
+    /// Whether a fault is active.
+    pub faults: Arc<FaultClock>,
+    /// Set when the run ends.
+    pub stop: Arc<AtomicBool>,
+}
+
 /// Runs one worker until `stop` (or the history's bound).
 #[allow(clippy::too_many_arguments)]
 pub async fn run_worker(
@@ -365,21 +602,58 @@ pub async fn run_worker(
     participants: Arc<Vec<String>>,
     worker: usize,
     run_id: String,
-    mut rng: Prng,
+    rng: Prng,
     history: Arc<History>,
     faults: Arc<FaultClock>,
     stop: Arc<AtomicBool>,
 ) {
+    let context = WorkerContext {
+        spec,
+        client,
+        participants,
+        stagers: Arc::new(Vec::new()),
+        run_id,
+        history,
+        faults,
+        stop,
+    };
+    run_worker_with(&context, worker, rng).await;
+}
+
+/// Runs one worker of `context` until it stops (or the history's bound).
+pub async fn run_worker_with(context: &WorkerContext, worker: usize, mut rng: Prng) {
+    let WorkerContext { spec, participants, history, stop, .. } = context;
     let mut sequence = 0u64;
     while !stop.load(Ordering::Relaxed) {
         sequence += 1;
-        let id = format!("{run_id}-w{worker}-{sequence}");
-        let (txn, branches) = transfer(&spec, &mut rng, &participants, worker, &id);
+        let id = format!("{}-w{worker}-{sequence}", context.run_id);
+        let mut kind = spec.mix.pick(rng.below(100));
+        if participants.len() < 2
+            || (kind == Kind::Hybrid && spec.gateway.is_none())
+            || (kind == Kind::Interactive && context.stagers.len() != participants.len())
+        {
+            kind = Kind::Transfer;
+        }
+        let (txn, branches) = match kind {
+            Kind::Transfer => transfer(spec, &mut rng, participants, worker, &id),
+            Kind::Saga => saga(spec, &mut rng, participants, worker, &id),
+            Kind::Hybrid => {
+                let gateway = spec.gateway.as_deref().unwrap_or_default();
+                hybrid(spec, &mut rng, participants, gateway, worker, &id)
+            }
+            Kind::Interactive => {
+                let (txn, branches) =
+                    transfer_between_two(spec, &mut rng, participants, worker, &id);
+                run_interactive(context, &txn, branches, worker, &id).await;
+                continue;
+            }
+        };
         let txn = txn.with_first_submitted_unix_ms((spec.clock)());
         let record = TxnRecord {
             id: id.clone(),
             worker,
             participants: branches,
+            kind,
             first_submitted_unix_ms: txn.first_submitted_unix_ms(),
             told: Told::Unknown,
             contradiction: None,
@@ -388,34 +662,142 @@ pub async fn run_worker(
             tracing::warn!("the history is full; the workload stops");
             return;
         };
-        let roll = rng.below(100);
-        let mut told = if roll < spec.concurrent_duplicate_percent {
-            let (a, b) = tokio::join!(
-                call(&client, &txn, index, &id, &history, &faults, false),
-                call(&client, &txn, index, &id, &history, &faults, true),
-            );
-            if a == Told::Unknown { b } else { a }
-        } else {
-            call(&client, &txn, index, &id, &history, &faults, false).await
-        };
-        if roll >= 100 - spec.resubmit_percent {
-            let again = call(&client, &txn, index, &id, &history, &faults, true).await;
-            if told == Told::Unknown {
-                told = again;
-            }
-        }
-        let mut retries = 0;
-        while told == Told::Unknown
-            && retries < spec.unknown_retries
-            && !stop.load(Ordering::Relaxed)
-        {
-            retries += 1;
-            tokio::time::sleep(Duration::from_millis(100 * u64::from(retries))).await;
-            told = call(&client, &txn, index, &id, &history, &faults, true).await;
-        }
-        if told == Told::Unknown {
+        let told = submit_recorded(context, &txn, index, &id, &mut rng).await;
+        if matches!(kind, Kind::Saga | Kind::Hybrid) {
+            // The next saga of this worker touches the same keys: wait until this one is
+            // settled (its told outcome, if unknown, becomes definite here).
+            settle(context, index, &id, txn.first_submitted_unix_ms()).await;
+        } else if told == Told::Unknown {
             lock(&history.unknown).push_back((index, Instant::now()));
         }
+    }
+}
+
+/// Submits `txn` (sometimes twice, one after the other or both at once), retrying an unknown
+/// answer a bounded number of times.
+async fn submit_recorded(
+    context: &WorkerContext,
+    txn: &Transaction,
+    index: usize,
+    id: &str,
+    rng: &mut Prng,
+) -> Told {
+    let WorkerContext { spec, client, history, faults, stop, .. } = context;
+    let roll = rng.below(100);
+    let mut told = if roll < spec.concurrent_duplicate_percent {
+        let (a, b) = tokio::join!(
+            call(client.submit(txn), index, id, history, faults, false),
+            call(client.submit(txn), index, id, history, faults, true),
+        );
+        if a == Told::Unknown { b } else { a }
+    } else {
+        call(client.submit(txn), index, id, history, faults, false).await
+    };
+    if roll >= 100 - spec.resubmit_percent {
+        let again = call(client.submit(txn), index, id, history, faults, true).await;
+        if told == Told::Unknown {
+            told = again;
+        }
+    }
+    let mut retries = 0;
+    while told == Told::Unknown && retries < spec.unknown_retries && !stop.load(Ordering::Relaxed) {
+        retries += 1;
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(retries))).await;
+        told = call(client.submit(txn), index, id, history, faults, true).await;
+    }
+    told
+}
+
+/// Waits until a saga (or hybrid) transaction no longer changes its worker's keys: committed,
+/// or aborted with every executed step compensated. Asks with fencing, so an id the
+/// coordinator never saw becomes aborted for good. Gives up only when the run stops (the
+/// checker then waits for what is left).
+async fn settle(context: &WorkerContext, index: usize, id: &str, first_submitted_unix_ms: u64) {
+    let WorkerContext { client, history, stop, .. } = context;
+    loop {
+        match client.fence(id, first_submitted_unix_ms).await {
+            Ok(info) => {
+                let told = match info.state {
+                    Some(TxnState::Committing | TxnState::Committed) => Some(Told::Committed),
+                    Some(TxnState::Aborted) => Some(Told::Aborted),
+                    _ => None,
+                };
+                if let Some(told) = told {
+                    history.answer(index, told);
+                    return;
+                }
+            }
+            Err(error) if !matches!(error, ClientError::Unknown { .. }) => {
+                history.event(id, "unknown", &short(&error));
+            }
+            Err(_) => {}
+        }
+        if stop.load(Ordering::Relaxed) {
+            lock(&history.unknown).push_back((index, Instant::now()));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A transfer between two different participants (its branches, for staging).
+fn transfer_between_two(
+    spec: &WorkloadSpec,
+    rng: &mut Prng,
+    participants: &[String],
+    worker: usize,
+    id: &str,
+) -> (Transaction, Vec<usize>) {
+    let two_phase_only = WorkloadSpec { one_phase_percent: 0, ..spec.clone() };
+    transfer(&two_phase_only, rng, participants, worker, id)
+}
+
+/// Runs `txn`'s branches as an interactive transaction: Begin, Stage each branch at its
+/// participant (which enlists itself), Commit. A Stage that fails rolls it back (committing
+/// what was staged elsewhere would apply it on some participants only).
+async fn run_interactive(
+    context: &WorkerContext,
+    txn: &Transaction,
+    branches: Vec<usize>,
+    worker: usize,
+    id: &str,
+) {
+    let WorkerContext { spec, client, history, faults, stop, .. } = context;
+    history.event(id, "invoke", "begin");
+    if let Err(error) = client.begin(Some(id), spec.txn_timeout_ms).await {
+        // Not begun (or its answer lost: then it aborts at its deadline, nothing staged).
+        history.event(id, "fail", &format!("begin: {}", short(&error)));
+        return;
+    }
+    let record = TxnRecord {
+        id: id.to_string(),
+        worker,
+        participants: branches.clone(),
+        kind: Kind::Interactive,
+        first_submitted_unix_ms: (spec.clock)(),
+        told: Told::Unknown,
+        contradiction: None,
+    };
+    let Some(index) = history.begin(record, spec.max_transactions) else { return };
+    for (participant, (_, operations)) in branches.iter().zip(txn.branches()) {
+        if let Err(error) = context.stagers[*participant].stage(id, operations.clone()).await {
+            history.event(id, "invoke", &format!("rollback after stage: {}", short(&error)));
+            let told = call(client.rollback(id), index, id, history, faults, false).await;
+            if told == Told::Unknown {
+                lock(&history.unknown).push_back((index, Instant::now()));
+            }
+            return;
+        }
+    }
+    let mut told = call(client.commit(id), index, id, history, faults, false).await;
+    let mut retries = 0;
+    while told == Told::Unknown && retries < spec.unknown_retries && !stop.load(Ordering::Relaxed) {
+        retries += 1;
+        tokio::time::sleep(Duration::from_millis(100 * u64::from(retries))).await;
+        told = call(client.commit(id), index, id, history, faults, true).await;
+    }
+    if told == Told::Unknown {
+        lock(&history.unknown).push_back((index, Instant::now()));
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use concord_chaos::nemesis::FaultKind;
 use concord_chaos::run::{ChaosConfig, run};
-use concord_chaos::workload::WorkloadSpec;
+use concord_chaos::workload::{Mix, WorkloadSpec};
 
 /// Flags of `concord chaos`.
 #[derive(Args, Debug)]
@@ -21,8 +21,11 @@ pub struct ChaosArgs {
     /// Seeds the workload and the fault schedule (default: from the clock; printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// The workload: `transfer` (bank transfers, two-phase and one-phase).
-    #[arg(long, default_value = "transfer", value_parser = ["transfer"])]
+    /// The workload: `transfer` (bank transfers, two-phase and one-phase), `saga` (transfers
+    /// as sagas), `hybrid` (a two-phase branch plus a saga step at the payment-gateway
+    /// example, in AUTO mode), `interactive` (Begin, Stage, Commit), or `mixed` (all four).
+    #[arg(long, default_value = "transfer",
+          value_parser = ["transfer", "saga", "hybrid", "interactive", "mixed"])]
     workload: String,
     /// Fault kinds to draw from, comma-separated: kill, kill-many, pause, partition, one-way,
     /// latency, reset; `none` for a fault-free run.
@@ -67,7 +70,16 @@ pub async fn run_chaos(args: ChaosArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         seed,
         faults,
-        workload: WorkloadSpec { workers: usize::from(args.workers), ..WorkloadSpec::default() },
+        workload: {
+            let mix = Mix::named(&args.workload)
+                .with_context(|| format!("--workload: unknown workload {:?}", args.workload))?;
+            WorkloadSpec {
+                workers: usize::from(args.workers),
+                mix,
+                gateway: mix.uses_gateway().then(|| concord_chaos::run::GATEWAY.to_string()),
+                ..WorkloadSpec::default()
+            }
+        },
         env: Vec::new(),
         keep: args.keep,
         progress: !args.json,

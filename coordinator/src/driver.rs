@@ -799,12 +799,8 @@ impl<W: Wal> Coordinator<W> {
     ) -> Vec<(TxnId, Entry)> {
         // Open interactive transactions first (they are few: at most `max_inflight`), as the
         // views `get` gives.
-        let open: Vec<TxnId> = self
-            .active()
-            .keys()
-            .filter(|txn| after.is_none_or(|a| *txn > a))
-            .cloned()
-            .collect();
+        let open: Vec<TxnId> =
+            self.active().keys().filter(|txn| after.is_none_or(|a| *txn > a)).cloned().collect();
         let open: Vec<(TxnId, Entry)> = open
             .into_iter()
             .filter_map(|txn| self.get(&txn).map(|entry| (txn, entry)))

@@ -573,6 +573,17 @@ fn unavailable(error: ResourceError) -> Status {
     }
 }
 
+/// Runs a call on its own task: a caller that gives up (a timeout, a dropped connection) must
+/// not cancel it half-way, between the resource and the log, or leave its transaction claimed
+/// so that every later call for it waits forever.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("the call's task failed: {e}")))?
+}
+
 fn no(reason: NoReason, message: &str) -> v1::Vote {
     convert::vote_to_wire(&concord_core::types::Vote::no(reason, message))
 }
@@ -587,7 +598,8 @@ impl<R: Resource, W: Wal> Participant for ResourceService<R, W> {
         &self,
         request: Request<v1::PrepareRequest>,
     ) -> Result<Response<v1::PrepareResponse>, Status> {
-        self.inner.prepare(request.into_inner()).await.map(Response::new)
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.prepare(request.into_inner()).await }).await.map(Response::new)
     }
 
     async fn commit(
@@ -595,7 +607,9 @@ impl<R: Resource, W: Wal> Participant for ResourceService<R, W> {
         request: Request<v1::CommitRequest>,
     ) -> Result<Response<v1::CommitResponse>, Status> {
         let txn = txn_id(&request.into_inner().txn_id)?;
-        self.inner.commit(txn).await.map(|()| Response::new(v1::CommitResponse {}))
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.commit(txn).await }).await?;
+        Ok(Response::new(v1::CommitResponse {}))
     }
 
     async fn abort(
@@ -604,10 +618,9 @@ impl<R: Resource, W: Wal> Participant for ResourceService<R, W> {
     ) -> Result<Response<v1::AbortResponse>, Status> {
         let request = request.into_inner();
         let txn = txn_id(&request.txn_id)?;
-        self.inner
-            .abort(txn, request.deadline_unix_ms)
-            .await
-            .map(|()| Response::new(v1::AbortResponse {}))
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.abort(txn, request.deadline_unix_ms).await }).await?;
+        Ok(Response::new(v1::AbortResponse {}))
     }
 
     async fn execute(
@@ -623,7 +636,9 @@ impl<R: Resource, W: Wal> Participant for ResourceService<R, W> {
         if request.deadline_unix_ms == 0 {
             return Err(Status::invalid_argument("deadline_unix_ms: is required"));
         }
-        let vote = self.inner.execute(txn, operations, request.deadline_unix_ms).await?;
+        let inner = Arc::clone(&self.inner);
+        let deadline = request.deadline_unix_ms;
+        let vote = detached(async move { inner.execute(txn, operations, deadline).await }).await?;
         Ok(Response::new(v1::ExecuteResponse { vote: Some(vote) }))
     }
 
@@ -633,10 +648,9 @@ impl<R: Resource, W: Wal> Participant for ResourceService<R, W> {
     ) -> Result<Response<v1::CompensateResponse>, Status> {
         let request = request.into_inner();
         let txn = txn_id(&request.txn_id)?;
-        self.inner
-            .compensate(txn, request.deadline_unix_ms)
-            .await
-            .map(|()| Response::new(v1::CompensateResponse {}))
+        let inner = Arc::clone(&self.inner);
+        detached(async move { inner.compensate(txn, request.deadline_unix_ms).await }).await?;
+        Ok(Response::new(v1::CompensateResponse {}))
     }
 
     async fn get(
