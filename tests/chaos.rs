@@ -15,7 +15,7 @@ use std::time::Duration;
 use concord_chaos::cluster::{EnvVar, Target};
 use concord_chaos::nemesis::FaultKind;
 use concord_chaos::run::{ChaosConfig, Report, run};
-use concord_chaos::workload::WorkloadSpec;
+use concord_chaos::workload::{Mix, WorkloadSpec};
 
 /// One run at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -88,6 +88,31 @@ async fn a_minute_under_every_kind_of_fault_passes_every_check() {
     assert!(report.duplicate_submits > 0);
 }
 
+/// Each new workload under every kind of fault: sagas, hybrid transactions with the payment
+/// gateway (a do/undo-only participant, killed and partitioned like the rest), interactive
+/// transactions, and all of them mixed with transfers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_hybrid_interactive_and_mixed_workloads_pass_every_check_under_faults() {
+    for name in ["saga", "hybrid", "interactive", "mixed"] {
+        let mix = Mix::named(name).unwrap();
+        let workload = WorkloadSpec {
+            mix,
+            gateway: mix.uses_gateway().then(|| concord_chaos::run::GATEWAY.to_string()),
+            ..WorkloadSpec::default()
+        };
+        let faults = FaultKind::ALL.to_vec();
+        let report = chaos(Setup { faults, workload, seconds: 15, ..Setup::default() }).await;
+        assert!(report.passed, "{name}: {}", report.table());
+        assert_eq!(report.workload, name);
+        assert!(report.committed > 50, "{name}: the workload made progress: {}", report.table());
+        assert!(
+            report.aborted > 0,
+            "{name}: some aborted (and were compensated): {}",
+            report.table()
+        );
+    }
+}
+
 // ───────────────────────────── Failpoints ─────────────────────────────
 
 /// Arms `point` with `action` on the process it belongs to (first start only), runs a short
@@ -144,6 +169,14 @@ async fn every_coordinator_failpoint_is_survived_with_a_crash_and_with_an_error(
 }
 
 // ───────────────────────────── Teeth ─────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checker_catches_a_coordinator_skipping_a_compensation() {
+    let env = bug("skip-compensation", Target::Coordinator);
+    let workload = WorkloadSpec { mix: Mix::named("saga").unwrap(), ..WorkloadSpec::default() };
+    let report = chaos(Setup { env, workload, ..Setup::default() }).await;
+    assert!(failed(&report, "atomicity"), "{}", report.table());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_catches_a_participant_applying_twice() {

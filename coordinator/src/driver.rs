@@ -1249,15 +1249,10 @@ impl<W: Wal> Coordinator<W> {
                 epoch: self.epoch.0,
                 deadline_unix_ms,
             };
+            // Planted bug (test builds only): call a step compensated without asking.
+            let skip = concord_failpoints::planted("skip-compensation");
             let result =
-                match tokio::time::timeout(self.config.call_timeout, client.compensate(request))
-                    .await
-                {
-                    Ok(result) => result.map(|_| ()),
-                    Err(_) => {
-                        Err(tonic::Status::deadline_exceeded("no answer within the call timeout"))
-                    }
-                };
+                if skip { Ok(()) } else { self.call_compensate(&mut client, request).await };
             let attention = {
                 let mut table = self.table();
                 let Some(entry) = table.entries.get_mut(&txn) else { return };
@@ -1300,6 +1295,18 @@ impl<W: Wal> Coordinator<W> {
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
             backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    /// One Compensate call, bounded by the call timeout.
+    async fn call_compensate(
+        &self,
+        client: &mut ParticipantClient<Channel>,
+        request: v1::CompensateRequest,
+    ) -> Result<(), tonic::Status> {
+        match tokio::time::timeout(self.config.call_timeout, client.compensate(request)).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no answer within the call timeout")),
         }
     }
 

@@ -55,6 +55,10 @@ pub const BUGS: &[(&str, &str)] = &[
     ("ignore-bounds", "a participant ignores the bounds of counter adds"),
     ("give-up-commit", "the coordinator stops delivering a Commit after one failed attempt"),
     ("drop-last-write", "a participant applies all but the last write of a commit"),
+    (
+        "skip-compensation",
+        "the coordinator marks a saga step compensated without sending Compensate",
+    ),
 ];
 
 /// The error an armed `error` action injects.
