@@ -131,7 +131,14 @@ async fn survive(point: &'static str, action: &str) -> Result<(), String> {
         value: format!("{point}={action}"),
         every_start: false,
     }];
-    let report = chaos(Setup { env, seconds: 3, exits_expected: true, ..Setup::default() }).await;
+    // Points on the saga path are reached by sagas only.
+    let workload = if point.contains("execute") || point.contains("compensate") {
+        WorkloadSpec { mix: Mix::named("saga").unwrap_or(Mix::TRANSFER), ..WorkloadSpec::default() }
+    } else {
+        WorkloadSpec::default()
+    };
+    let report =
+        chaos(Setup { env, workload, seconds: 3, exits_expected: true, ..Setup::default() }).await;
     if !report.passed {
         return Err(format!("{point}={action}: a check failed:\n{}", report.table()));
     }

@@ -53,6 +53,8 @@ pub struct Findings {
     pub committed: u64,
     /// Aborted in the end.
     pub aborted: u64,
+    /// Committed and aborted in the end, per kind of transaction.
+    pub by_kind: BTreeMap<&'static str, (u64, u64)>,
 }
 
 /// Waits (at most `timeout`) until nothing is committing at the coordinator and nothing is in
@@ -321,6 +323,18 @@ pub async fn run_checks(
                 record.told,
                 names.join(" ")
             ));
+        }
+        let kind = match record.kind {
+            crate::workload::Kind::Transfer => "transfer",
+            crate::workload::Kind::Saga => "saga",
+            crate::workload::Kind::Hybrid => "hybrid",
+            crate::workload::Kind::Interactive => "interactive",
+        };
+        let counts = findings.by_kind.entry(kind).or_insert((0, 0));
+        match record.told {
+            Told::Committed => counts.0 += 1,
+            Told::Aborted => counts.1 += 1,
+            Told::Unknown => {}
         }
         match record.told {
             Told::Committed => {

@@ -68,6 +68,8 @@ pub struct Report {
     pub committed: u64,
     /// Aborted in the end.
     pub aborted: u64,
+    /// Committed and aborted in the end, per kind of transaction.
+    pub by_kind: std::collections::BTreeMap<&'static str, (u64, u64)>,
     /// Submit calls beyond the first per id (deliberate duplicates, retries).
     pub duplicate_submits: u64,
     /// Calls with no definite answer during the run.
@@ -111,6 +113,14 @@ impl Report {
         let rows = [
             ("transactions", self.transactions.to_string()),
             ("committed / aborted", format!("{} / {}", self.committed, self.aborted)),
+            (
+                "  by kind",
+                self.by_kind
+                    .iter()
+                    .map(|(kind, (c, a))| format!("{kind} {c}/{a}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             ("duplicate submits", self.duplicate_submits.to_string()),
             (
                 "unknown answers",
@@ -354,6 +364,7 @@ async fn run_on(
         transactions: txns.len() as u64,
         committed: findings.committed,
         aborted: findings.aborted,
+        by_kind: findings.by_kind.clone(),
         duplicate_submits,
         unknown_answers,
         unknown_resolved_committed: findings.unknown_resolved.0 + resolved_during_run.0,

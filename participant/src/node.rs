@@ -290,6 +290,7 @@ impl<W: Wal, S: Store> Node<W, S> {
     /// writes are applied (the caller reads what it wrote).
     pub async fn execute(&self, input: PrepareInput) -> Result<PrepareReply, NodeError> {
         self.refuse_if_failed()?;
+        self.failpoint("participant.before_execute")?;
         let txn = input.txn.clone();
         let (step, applied) = {
             let mut engine = self.engine();
@@ -306,18 +307,20 @@ impl<W: Wal, S: Store> Node<W, S> {
             };
             (step, applied)
         };
-        match (step, applied) {
-            (PrepareStep::Reply(reply), _) => Ok(reply),
+        let reply = match (step, applied) {
+            (PrepareStep::Reply(reply), _) => return Ok(reply),
             (PrepareStep::AfterDurable { reply, .. }, Some(done)) => {
                 self.await_apply(done).await?;
-                Ok(reply)
+                reply
             }
             // A duplicate: answer once the first one's writes are applied.
             (PrepareStep::AfterDurable { lsn, reply, .. }, None) => {
                 self.wait_applied(lsn).await?;
-                Ok(reply)
+                reply
             }
-        }
+        };
+        self.failpoint("participant.after_execute")?;
+        Ok(reply)
     }
 
     /// A saga step's Compensate. Acknowledged once the before-images are durable and applied,
@@ -328,6 +331,7 @@ impl<W: Wal, S: Store> Node<W, S> {
         deadline_unix_ms: Option<u64>,
     ) -> Result<(), NodeError> {
         self.refuse_if_failed()?;
+        self.failpoint("participant.before_compensate")?;
         let (step, applied) = {
             let mut engine = self.engine();
             let step = engine
@@ -348,11 +352,12 @@ impl<W: Wal, S: Store> Node<W, S> {
             (step, applied)
         };
         match (step, applied) {
-            (CommitStep::Acknowledge, _) => Ok(()),
-            (CommitStep::Durable { lsn }, _) => self.wait_durable(lsn).await,
-            (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await,
-            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_applied(lsn).await,
+            (CommitStep::Acknowledge, _) => return Ok(()),
+            (CommitStep::Durable { lsn }, _) => self.wait_durable(lsn).await?,
+            (CommitStep::AfterDurable { .. }, Some(done)) => self.await_apply(done).await?,
+            (CommitStep::AfterDurable { lsn, .. }, None) => self.wait_applied(lsn).await?,
         }
+        self.failpoint("participant.after_compensate")
     }
 
     /// Phase 2, abort. Never waits for its record (presumed abort). `deadline_unix_ms` is the
