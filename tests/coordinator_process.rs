@@ -527,7 +527,16 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
             },
         ),
         ("timeout_ms", v1::SubmitRequest { timeout_ms: 60_001, ..ok.clone() }),
-        ("mode", v1::SubmitRequest { mode: v1::TxnMode::Saga.into(), ..ok.clone() }),
+        (
+            "branches.depends_on",
+            v1::SubmitRequest {
+                branches: vec![
+                    branch("alpha", vec![add("k", 1)]),
+                    v1::Branch { depends_on: vec![0], ..branch("beta", vec![add("k", 1)]) },
+                ],
+                ..ok.clone()
+            },
+        ),
         ("mode", v1::SubmitRequest { mode: 99, ..ok.clone() }),
     ];
     for (field, request) in cases {
