@@ -22,7 +22,11 @@
 //! was interrupted by a crash, and must undo it if it took effect and do nothing otherwise.
 //! `prepare`/`commit`/`abort` are optional: a resource that leaves `can_prepare` false answers
 //! Prepare with UNIMPLEMENTED, which tells the coordinator (in AUTO mode) to run it as a saga
-//! step.
+//! step. A prepared branch is released by the coordinator's Commit (redelivered until
+//! acknowledged) or Abort; unlike the sled participant, the SDK does not yet ask the
+//! coordinator about branches left in doubt (`ResolveTransaction`), so after a lost Abort a
+//! prepared branch stays held, listed by `ListInDoubt`, until it is sent an Abort again (by an
+//! operator: the coordinator sends one Abort, presumed abort needing no more).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
