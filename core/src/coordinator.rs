@@ -15,6 +15,15 @@
 //! - once the decision is COMMIT, nothing leads back to abort (rule 4): Commit is re-sent until
 //!   acknowledged, then `LogEnd`.
 //!
+//! Saga steps (a [`Plan`] with [`BranchKind::Saga`] branches, mode SAGA or AUTO) run after every
+//! two-phase branch prepared: [`Output::ForceStarted`] names them in the log before the first
+//! [`Output::SendExecute`], each step starts once the steps it runs after executed, and then
+//! the decision covers both kinds (Commit also releases an executed step's undo). An abort
+//! compensates every step that executed or may have (no answer), in reverse branch order, one
+//! [`Output::SendCompensate`] at a time, each logged ([`Output::LogCompensated`]); the phase is
+//! `Compensating` until the last, then `Aborted`. In AUTO mode a Prepare answered UNIMPLEMENTED
+//! turns its branch into a saga step.
+//!
 //! A transaction with one branch uses one-phase commit: that participant's YES is itself the
 //! commit, so the decision is the participant's, not ours. Its STARTED record is forced before
 //! the Prepare goes out (so a restarted coordinator knows to ask), and a timeout is resolved by
