@@ -682,7 +682,7 @@ async fn submit_recorded(
     id: &str,
     rng: &mut Prng,
 ) -> Told {
-    let WorkerContext { spec, client, history, faults, stop, .. } = context;
+    let WorkerContext { spec, client, history, faults, .. } = context;
     let roll = rng.below(100);
     let mut told = if roll < spec.concurrent_duplicate_percent {
         let (a, b) = tokio::join!(
@@ -699,11 +699,25 @@ async fn submit_recorded(
             told = again;
         }
     }
+    retry_unknown(context, told, || call(client.submit(txn), index, id, history, faults, true))
+        .await
+}
+
+/// Repeats an unknown answer's call (same id) at most `unknown_retries` times, backing off,
+/// until it is definite or the run stops.
+async fn retry_unknown<F: Future<Output = Told>>(
+    context: &WorkerContext,
+    mut told: Told,
+    mut again: impl FnMut() -> F,
+) -> Told {
     let mut retries = 0;
-    while told == Told::Unknown && retries < spec.unknown_retries && !stop.load(Ordering::Relaxed) {
+    while told == Told::Unknown
+        && retries < context.spec.unknown_retries
+        && !context.stop.load(Ordering::Relaxed)
+    {
         retries += 1;
         tokio::time::sleep(Duration::from_millis(100 * u64::from(retries))).await;
-        told = call(client.submit(txn), index, id, history, faults, true).await;
+        told = again().await;
     }
     told
 }
@@ -762,7 +776,7 @@ async fn run_interactive(
     worker: usize,
     id: &str,
 ) {
-    let WorkerContext { spec, client, history, faults, stop, .. } = context;
+    let WorkerContext { spec, client, history, faults, .. } = context;
     history.event(id, "invoke", "begin");
     if let Err(error) = client.begin(Some(id), spec.txn_timeout_ms).await {
         // Not begun (or its answer lost: then it aborts at its deadline, nothing staged).
@@ -789,13 +803,10 @@ async fn run_interactive(
             return;
         }
     }
-    let mut told = call(client.commit(id), index, id, history, faults, false).await;
-    let mut retries = 0;
-    while told == Told::Unknown && retries < spec.unknown_retries && !stop.load(Ordering::Relaxed) {
-        retries += 1;
-        tokio::time::sleep(Duration::from_millis(100 * u64::from(retries))).await;
-        told = call(client.commit(id), index, id, history, faults, true).await;
-    }
+    let told = call(client.commit(id), index, id, history, faults, false).await;
+    let told =
+        retry_unknown(context, told, || call(client.commit(id), index, id, history, faults, true))
+            .await;
     if told == Told::Unknown {
         lock(&history.unknown).push_back((index, Instant::now()));
     }
