@@ -165,17 +165,26 @@ fn init_tracing(default: &str) {
 }
 
 /// Resolves when the process is asked to stop: Ctrl-C, SIGTERM, SIGHUP (its terminal closed) or
-/// SIGQUIT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::SignalKind;
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = signal(SignalKind::terminate()) => {}
-        () = signal(SignalKind::hangup()) => {}
-        () = signal(SignalKind::quit()) => {}
+/// SIGQUIT. The handlers are installed when this is called, not when the future is first
+/// polled: call it before telling anyone the process is ready, so a signal sent from then on
+/// stops it cleanly rather than killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut handlers: Vec<tokio::signal::unix::Signal> = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+    ]
+    .into_iter()
+    .filter_map(|kind| signal(kind).ok())
+    .collect();
+    async move {
+        if handlers.is_empty() {
+            return std::future::pending().await;
+        }
+        let arrivals = handlers.iter_mut().map(|handler| Box::pin(handler.recv()));
+        let _ = futures_util::future::select_all(arrivals).await;
     }
 }
 

@@ -83,11 +83,12 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let stop = shutdown(args.stop_on_stdin_eof);
     announce(&listener)?;
     let resolver = ResolverConfig { coordinator: args.coordinator, ..ResolverConfig::default() };
     concord_participant::serve(
         concord_proto::net::incoming(listener),
-        shutdown(args.stop_on_stdin_eof),
+        stop,
         node,
         resolver,
     )
@@ -97,8 +98,10 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
 }
 
 /// Resolves on Ctrl-C or SIGTERM, and, with `stdin_eof`, once standard input closes.
-pub async fn shutdown(stdin_eof: bool) {
-    let parent_gone = async {
+pub fn shutdown(stdin_eof: bool) -> impl Future<Output = ()> + Send + 'static {
+    // Installed now (see `shutdown_signal`), not when the server first polls this.
+    let signalled = crate::shutdown_signal();
+    let parent_gone = async move {
         if !stdin_eof {
             return std::future::pending::<()>().await;
         }
@@ -109,9 +112,11 @@ pub async fn shutdown(stdin_eof: bool) {
         while matches!(stdin.read(&mut buffer).await, Ok(n) if n > 0) {}
         tracing::warn!("standard input closed: the parent is gone; stopping");
     };
-    tokio::select! {
-        () = crate::shutdown_signal() => {}
-        () = parent_gone => {}
+    async move {
+        tokio::select! {
+            () = signalled => {}
+            () = parent_gone => {}
+        }
     }
 }
 
@@ -276,16 +281,20 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
         attention_retry: Duration::from_millis(args.attention_retry_ms),
         ..concord_coordinator::CoordinatorConfig::default()
     };
-    let coordinator = concord_coordinator::Coordinator::recover(config, wal)
-        .await
-        .context("recovering from the decision log")?;
+    let coordinator = concord_coordinator::Coordinator::recover(
+        config,
+        concord_coordinator::WalLog::new(wal, concord_core::limits::MAX_WAL_RECORD_BYTES),
+    )
+    .await
+    .context("recovering from the decision log")?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    let stop = shutdown(args.stop_on_stdin_eof);
     announce(&listener)?;
     concord_coordinator::serve(
         concord_proto::net::incoming(listener),
-        shutdown(args.stop_on_stdin_eof),
+        stop,
         coordinator,
     )
     .await?;
@@ -333,12 +342,13 @@ pub async fn run_echo_server(args: EchoServerArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let stop = shutdown(args.stop_on_stdin_eof);
     announce(&listener)?;
     let (_never, fatal) = tokio::sync::watch::channel(None);
     concord_proto::net::serve(
         concord_proto::v1::echo_server::EchoServer::new(EchoService),
         concord_proto::net::incoming(listener),
-        shutdown(args.stop_on_stdin_eof),
+        stop,
         fatal,
     )
     .await?;

@@ -1,11 +1,14 @@
-//! The coordinator's link to one participant: Prepares and Commits are queued and sent many per
-//! message (`PrepareBatch`, `CommitBatch`), filled with whatever is queued when a slot frees
+//! The coordinator's link to one participant, the only way it calls one. Prepares and Commits
+//! are queued and sent many per message (`PrepareBatch`, `CommitBatch`), filled with whatever is queued when a slot frees
 //! up. At one transaction in flight a batch holds one request and leaves at once; under load the
 //! requests that arrive while batches are in flight ride in the next one, so the cost of a gRPC
 //! call is shared by every transaction in it.
 //!
 //! A participant that does not implement the batch RPCs (one written by a user against the
 //! unary API) answers UNIMPLEMENTED; the link then sends single Prepares and Commits to it.
+//!
+//! Execute, Compensate and Abort go out as single calls over the same channel. Every call is
+//! bounded by the link's call timeout (or a shorter one the caller gives).
 //!
 //! Bounds: the queue of each kind holds `QUEUE` requests (senders wait for room); a batch holds
 //! at most `MAX_BATCH_REQUESTS` requests and about `MAX_BATCH_BYTES`; `IN_FLIGHT` batches of
@@ -37,11 +40,14 @@ struct Queued<Req, Resp> {
     reply: oneshot::Sender<Result<Resp, Status>>,
 }
 
-/// Prepares and Commits to one participant. Cheap to clone.
+/// Every call to one participant. Cheap to clone.
 #[derive(Clone)]
 pub struct Link {
     prepares: mpsc::Sender<Queued<v1::PrepareRequest, v1::PrepareResponse>>,
     commits: mpsc::Sender<Queued<v1::CommitRequest, v1::CommitResponse>>,
+    /// For the calls that are never batched.
+    client: ParticipantClient<Channel>,
+    call_timeout: Duration,
 }
 
 impl Link {
@@ -60,12 +66,52 @@ impl Link {
             move |requests| send_prepares(client.clone(), requests, call_timeout, Arc::clone(&mode))
         }));
         let (commits, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run_sender(queue, move |requests| {
-            send_commits(client.clone(), requests, call_timeout, Arc::clone(&mode))
+        tokio::spawn(run_sender(queue, {
+            let client = client.clone();
+            move |requests| send_commits(client.clone(), requests, call_timeout, Arc::clone(&mode))
         }));
-        Link { prepares, commits }
+        Link { prepares, commits, client, call_timeout }
     }
 
+    /// Runs one saga step, waiting at most `timeout` (and never longer than the call timeout).
+    pub async fn execute(
+        &self,
+        request: v1::ExecuteRequest,
+        timeout: Duration,
+    ) -> Result<v1::ExecuteResponse, Status> {
+        let mut client = self.client.clone();
+        single(client.execute(request), timeout.min(self.call_timeout)).await
+    }
+
+    /// Compensates one saga step.
+    pub async fn compensate(
+        &self,
+        request: v1::CompensateRequest,
+    ) -> Result<v1::CompensateResponse, Status> {
+        let mut client = self.client.clone();
+        single(client.compensate(request), self.call_timeout).await
+    }
+
+    /// Aborts one branch (or probes a one-phase branch's outcome).
+    pub async fn abort(&self, request: v1::AbortRequest) -> Result<v1::AbortResponse, Status> {
+        let mut client = self.client.clone();
+        single(client.abort(request), self.call_timeout).await
+    }
+}
+
+/// One unbatched call, bounded by `timeout`: running out of time is DEADLINE_EXCEEDED (the
+/// call may have done its work).
+async fn single<Resp>(
+    call: impl Future<Output = Result<tonic::Response<Resp>, Status>>,
+    timeout: Duration,
+) -> Result<Resp, Status> {
+    match tokio::time::timeout(timeout.max(Duration::from_millis(1)), call).await {
+        Ok(result) => result.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded("no answer from the participant in time")),
+    }
+}
+
+impl Link {
     /// Sends one Prepare (in the next batch) and waits at most `timeout` for its answer.
     pub async fn prepare(
         &self,

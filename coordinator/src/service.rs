@@ -5,39 +5,38 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::log::DecisionLog;
 use concord_core::coordinator::{AbortCause, BranchKind, BranchStatus, Phase, TxnMode};
 use concord_core::limits;
+use concord_core::limits::STREAM_WINDOW;
 use concord_core::types::{InvalidInput, Outcome, TxnId, validate_operations};
 use concord_proto::{convert, v1};
-use concord_wal::Wal;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::driver::{Coordinator, CoordinatorError, Entry, NewTxn};
+use crate::config::CoordinatorError;
+use crate::coordinator::{Coordinator, NewTxn};
+use crate::table::Entry;
 
 /// The gRPC face of a coordinator.
-pub struct CoordinatorService<W: Wal> {
-    coordinator: Arc<Coordinator<W>>,
+pub struct CoordinatorService<L: DecisionLog> {
+    coordinator: Arc<Coordinator<L>>,
 }
 
-impl<W: Wal> Clone for CoordinatorService<W> {
+impl<L: DecisionLog> Clone for CoordinatorService<L> {
     fn clone(&self) -> Self {
         CoordinatorService { coordinator: Arc::clone(&self.coordinator) }
     }
 }
 
-/// Submits running at once on one SubmitStream; the stream is not read further until one
-/// finishes.
-const STREAM_WINDOW: usize = 1_024;
-
 /// Runs one SubmitStream: reads requests while fewer than [`STREAM_WINDOW`] are running, runs
 /// them concurrently in this task (each transaction runs in its own task inside the driver
 /// anyway, so a client that goes away stops nothing), and sends each answer as it comes.
-async fn serve_stream<W: Wal>(
-    service: CoordinatorService<W>,
+async fn serve_stream<L: DecisionLog>(
+    service: CoordinatorService<L>,
     mut inbound: tonic::Streaming<v1::SubmitRequest>,
     answers: tokio::sync::mpsc::Sender<Result<v1::SubmitStreamResponse, Status>>,
 ) {
@@ -76,9 +75,9 @@ async fn serve_stream<W: Wal>(
     }
 }
 
-impl<W: Wal> CoordinatorService<W> {
+impl<L: DecisionLog> CoordinatorService<L> {
     /// Serves `coordinator`.
-    pub fn new(coordinator: Arc<Coordinator<W>>) -> Self {
+    pub fn new(coordinator: Arc<Coordinator<L>>) -> Self {
         CoordinatorService { coordinator }
     }
 
@@ -232,6 +231,7 @@ fn status(error: CoordinatorError) -> Status {
         CoordinatorError::Fatal(message) => Status::internal(message),
         CoordinatorError::ShuttingDown => Status::unavailable("the coordinator is shutting down"),
         CoordinatorError::WrongState(message) => Status::failed_precondition(message),
+        CoordinatorError::InvalidConfig(message) => Status::internal(message),
     }
 }
 
@@ -342,8 +342,12 @@ fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
                 participant: participant.clone(),
                 state: state.into(),
                 vote,
-                delivery_attempts: entry.attempts.get(index).copied().unwrap_or(0),
-                last_error: entry.last_error.get(index).cloned().unwrap_or_default(),
+                delivery_attempts: entry.delivery.get(index).map_or(0, |d| d.attempts),
+                last_error: entry
+                    .delivery
+                    .get(index)
+                    .map(|d| d.last_error.clone())
+                    .unwrap_or_default(),
                 saga_step: entry.machine.kinds().get(index) == Some(&BranchKind::Saga),
             }
         })
@@ -368,7 +372,7 @@ fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
 }
 
 #[tonic::async_trait]
-impl<W: Wal> v1::coordinator_server::Coordinator for CoordinatorService<W> {
+impl<L: DecisionLog> v1::coordinator_server::Coordinator for CoordinatorService<L> {
     async fn submit(
         &self,
         request: Request<v1::SubmitRequest>,

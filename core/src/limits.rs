@@ -57,6 +57,22 @@ pub fn page_size(requested: u32) -> usize {
     }
 }
 
+/// The most transactions a coordinator may be configured to run undecided at once (and the
+/// most interactive transactions open at once). Far below what a semaphore can count.
+pub const MAX_INFLIGHT_TXNS: usize = 1 << 20;
+/// Undecided transactions at once when the operator does not say (`--max-inflight`).
+pub const DEFAULT_INFLIGHT_TXNS: usize = 4_096;
+/// Unfinished transactions at once (undecided, or decided with Commits or compensations still
+/// to deliver, or a one-phase outcome still to learn) when the operator does not say. A
+/// participant that stays down cannot grow a coordinator's memory past this.
+pub const DEFAULT_UNFINISHED_TXNS: usize = 100_000;
+/// The most unfinished transactions a coordinator may be configured for.
+pub const MAX_UNFINISHED_TXNS: usize = 1 << 24;
+/// Finished outcomes a coordinator remembers when the operator does not say (`--retain`).
+pub const DEFAULT_RETAINED_OUTCOMES: usize = 100_000;
+/// Requests a streaming RPC (SubmitStream) has in flight at once per stream.
+pub const STREAM_WINDOW: usize = 1_024;
+
 /// Room for a record's framing around a branch's payload: ids, versions, per-key overhead.
 const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
 
@@ -72,4 +88,9 @@ const _: () = {
     assert!(DEFAULT_PAGE_SIZE <= MAX_PAGE_SIZE);
     assert!(MAX_PREPARED_BRANCHES <= MAX_REMEMBERED_DECISIONS);
     assert!(MAX_EXECUTED_STEPS <= MAX_REMEMBERED_DECISIONS);
+    assert!(DEFAULT_INFLIGHT_TXNS <= MAX_INFLIGHT_TXNS);
+    // Every undecided transaction is also unfinished.
+    assert!(DEFAULT_INFLIGHT_TXNS <= DEFAULT_UNFINISHED_TXNS);
+    assert!(MAX_INFLIGHT_TXNS <= MAX_UNFINISHED_TXNS);
+    assert!(DEFAULT_UNFINISHED_TXNS <= MAX_UNFINISHED_TXNS);
 };

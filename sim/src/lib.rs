@@ -36,7 +36,7 @@ use concord_chaos::workload::{
     self, FaultClock, History, Told, WorkloadSpec, account_key, applied_key,
 };
 use concord_client::{Client, ClientOptions, ParticipantReader};
-use concord_coordinator::{Coordinator, CoordinatorConfig};
+use concord_coordinator::{Coordinator, CoordinatorConfig, WalLog};
 use concord_core::types::counter;
 use concord_participant::{MemoryStore, Node, NodeConfig, ResolverConfig, Store};
 use concord_wal::MemoryWal;
@@ -236,7 +236,8 @@ fn simulate(options: &SimOptions) -> SimReport {
                     clock: net::clock,
                     ..CoordinatorConfig::default()
                 };
-                let coordinator = Coordinator::recover(config, wal).await?;
+                let coordinator =
+                    Coordinator::recover(config, WalLog::new(wal, MAX_RECORD_BYTES)).await?;
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 concord_coordinator::serve(
                     net::incoming(listener),
