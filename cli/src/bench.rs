@@ -25,8 +25,8 @@ use serde::Serialize;
 
 use crate::local::{LocalCluster, prepare_data_dir, start_server};
 
-/// Transactions in flight, at most.
-const MAX_INFLIGHT: usize = 4096;
+/// Transactions in flight, at most (the coordinator's default bound).
+const MAX_INFLIGHT: usize = concord_core::limits::DEFAULT_INFLIGHT_TXNS;
 /// Participants a transaction may span, at most.
 const MAX_PARTICIPANTS: usize = 8;
 /// The echo's payload: about a small Prepare's size.

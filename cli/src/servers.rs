@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use concord_core::limits;
 use concord_core::participant::EngineLimits;
 use concord_participant::{Node, NodeConfig, ResolverConfig, SledStore};
 use concord_wal::{FileWal, FileWalOptions};
@@ -86,13 +87,8 @@ pub async fn run_participant(args: ParticipantArgs) -> anyhow::Result<ExitCode> 
     let stop = shutdown(args.stop_on_stdin_eof);
     announce(&listener)?;
     let resolver = ResolverConfig { coordinator: args.coordinator, ..ResolverConfig::default() };
-    concord_participant::serve(
-        concord_proto::net::incoming(listener),
-        stop,
-        node,
-        resolver,
-    )
-    .await?;
+    concord_participant::serve(concord_proto::net::incoming(listener), stop, node, resolver)
+        .await?;
     tracing::info!(name = %args.name, "participant stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -175,7 +171,7 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "CONCORD_CALL_TIMEOUT_MS")]
     call_timeout_ms: Option<u64>,
     /// Transactions undecided at once; Submit beyond gets RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CONCORD_MAX_INFLIGHT", default_value_t = 4096)]
+    #[arg(long, env = "CONCORD_MAX_INFLIGHT", default_value_t = limits::DEFAULT_INFLIGHT_TXNS)]
     max_inflight: usize,
     /// Take a checkpoint after this many decision-log records.
     #[arg(long, env = "CONCORD_CHECKPOINT_EVERY", default_value_t = 200_000)]
@@ -185,7 +181,7 @@ pub struct CoordinatorArgs {
     segment_bytes: u64,
     /// Finished transactions remembered for GetTransaction and idempotent Submit; older ones
     /// are forgotten, and ids that might be among them are refused rather than run again.
-    #[arg(long, env = "CONCORD_RETAIN", default_value_t = 100_000)]
+    #[arg(long, env = "CONCORD_RETAIN", default_value_t = limits::DEFAULT_RETAINED_OUTCOMES)]
     retain: usize,
     /// Send Prepares and Commits many per message (false: one call each, for participants
     /// that do not implement PrepareBatch/CommitBatch; they are also detected on their own).
@@ -254,8 +250,12 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
             concord_core::limits::MAX_TXN_TIMEOUT_MS
         );
     }
-    if args.max_inflight == 0 {
-        anyhow::bail!("--max-inflight must be at least 1");
+    if !(1..=limits::MAX_INFLIGHT_TXNS).contains(&args.max_inflight) {
+        anyhow::bail!(
+            "--max-inflight must be 1 to {}, got {}",
+            limits::MAX_INFLIGHT_TXNS,
+            args.max_inflight
+        );
     }
     check_segment_bytes(args.segment_bytes)?;
     if args.retain == 0 {
@@ -292,12 +292,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> 
         .with_context(|| format!("binding {listen}"))?;
     let stop = shutdown(args.stop_on_stdin_eof);
     announce(&listener)?;
-    concord_coordinator::serve(
-        concord_proto::net::incoming(listener),
-        stop,
-        coordinator,
-    )
-    .await?;
+    concord_coordinator::serve(concord_proto::net::incoming(listener), stop, coordinator).await?;
     tracing::info!("coordinator stopped");
     Ok(ExitCode::SUCCESS)
 }

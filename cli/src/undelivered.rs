@@ -27,9 +27,9 @@ use tonic::{Request, Response, Status};
 
 use crate::local::start_server;
 
-/// The coordinator's default bound on committed transactions awaiting delivery
-/// (`CoordinatorConfig::max_undelivered`).
-pub const MAX_UNDELIVERED: u64 = 100_000;
+/// The coordinator's default bound on unfinished transactions, committed ones awaiting
+/// delivery among them (`CoordinatorConfig::max_undelivered`).
+pub const MAX_UNDELIVERED: u64 = concord_core::limits::DEFAULT_UNFINISHED_TXNS as u64;
 /// Submissions in flight while filling the backlog.
 const FILL_INFLIGHT: u64 = 2_000;
 /// Each transaction's timeout: short, so its Submit is answered soon after the decision.
