@@ -76,6 +76,7 @@ fn failed(report: &Report, check: &str) -> bool {
 
 // ───────────────────────────── A run under every fault ─────────────────────────────
 
+/// A minute (`CONCORD_CHAOS_SECONDS`) of transfers under every kind of fault passes every check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_under_every_kind_of_fault_passes_every_check() {
     let seconds =
@@ -148,9 +149,17 @@ async fn survive(point: &'static str, action: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Survives every failpoint whose name starts with `prefix`, each with a crash and with an
+/// error; a prefix that names no failpoint fails (a sweep over nothing proves nothing).
 async fn survive_all(prefix: &str) {
+    let points: Vec<&'static str> = concord_failpoints::POINTS
+        .iter()
+        .map(|(point, _)| *point)
+        .filter(|point| point.starts_with(prefix))
+        .collect();
+    assert!(!points.is_empty(), "no failpoint starts with {prefix:?}");
     let mut failures = Vec::new();
-    for (point, _) in concord_failpoints::POINTS.iter().filter(|(p, _)| p.starts_with(prefix)) {
+    for point in points {
         for action in ["crash", "error"] {
             if let Err(failure) = survive(point, action).await {
                 failures.push(failure);
@@ -160,16 +169,19 @@ async fn survive_all(prefix: &str) {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Every WAL failpoint, crashed and failed in turn, loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wal_failpoint_is_survived_with_a_crash_and_with_an_error() {
     survive_all("wal.").await;
 }
 
+/// Every participant failpoint, crashed and failed in turn, loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_participant_failpoint_is_survived_with_a_crash_and_with_an_error() {
     survive_all("participant.").await;
 }
 
+/// Every coordinator failpoint, crashed and failed in turn, loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_coordinator_failpoint_is_survived_with_a_crash_and_with_an_error() {
     survive_all("coordinator.").await;
@@ -177,6 +189,7 @@ async fn every_coordinator_failpoint_is_survived_with_a_crash_and_with_an_error(
 
 // ───────────────────────────── Teeth ─────────────────────────────
 
+/// A coordinator that calls saga steps compensated without asking fails atomicity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_catches_a_coordinator_skipping_a_compensation() {
     let env = bug("skip-compensation", Target::Coordinator);
@@ -185,6 +198,7 @@ async fn the_checker_catches_a_coordinator_skipping_a_compensation() {
     assert!(failed(&report, "atomicity"), "{}", report.table());
 }
 
+/// A participant that applies a commit twice fails exactly-once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_catches_a_participant_applying_twice() {
     let env = bug("double-apply", Target::Participants);
@@ -192,6 +206,7 @@ async fn exactly_once_catches_a_participant_applying_twice() {
     assert!(failed(&report, "exactly once"), "{}", report.table());
 }
 
+/// A participant that ignores a balance's bound fails the bound check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bound_check_catches_a_participant_ignoring_bounds() {
     let env = bug("ignore-bounds", Target::Participants);
@@ -200,6 +215,7 @@ async fn the_bound_check_catches_a_participant_ignoring_bounds() {
     assert!(failed(&report, "no balance past its bound"), "{}", report.table());
 }
 
+/// A participant that drops its last write fails conservation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conservation_catches_a_participant_dropping_a_write() {
     let env = bug("drop-last-write", Target::Participants);
@@ -207,6 +223,7 @@ async fn conservation_catches_a_participant_dropping_a_write() {
     assert!(failed(&report, "total balance unchanged"), "{}", report.table());
 }
 
+/// A coordinator that gives up delivering a Commit fails "nothing stuck".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_stuck_catches_a_coordinator_giving_up_on_a_commit() {
     let env = bug("give-up-commit", Target::Coordinator);
@@ -215,6 +232,7 @@ async fn nothing_stuck_catches_a_coordinator_giving_up_on_a_commit() {
     assert!(failed(&report, "nothing stuck"), "{}", report.table());
 }
 
+/// A coordinator that commits before its decision is durable fails "outcomes match the data".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_catch_a_coordinator_committing_before_its_decision_is_logged() {
     let mut env = bug("commit-before-decision", Target::Coordinator);
@@ -232,6 +250,7 @@ async fn outcomes_catch_a_coordinator_committing_before_its_decision_is_logged()
     assert!(failed(&report, "outcomes match the data"), "{}", report.table());
 }
 
+/// A participant that votes YES before its PREPARED record is durable fails atomicity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn atomicity_catches_a_participant_voting_before_its_record_is_durable() {
     let mut env = bug("vote-before-durable", Target::Participants);

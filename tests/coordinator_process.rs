@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::{branch, counter_add, now_ms};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -140,18 +142,7 @@ impl Cluster {
 }
 
 fn add(key: &str, delta: i64) -> v1::Operation {
-    v1::Operation {
-        kind: Some(Kind::CounterAdd(v1::CounterAdd {
-            key: key.as_bytes().to_vec(),
-            delta,
-            lower_bound: Some(0),
-            upper_bound: None,
-        })),
-    }
-}
-
-fn branch(participant: &str, operations: Vec<v1::Operation>) -> v1::Branch {
-    v1::Branch { participant: participant.to_string(), operations, depends_on: Vec::new() }
+    counter_add(key, delta, Some(0), None)
 }
 
 /// +10 on `key` at each of the three participants.
@@ -723,13 +714,6 @@ async fn coordinator_reads_its_settings_from_a_toml_file() {
     let mut bad = ConcordProcess::spawn(&args, &cluster.root.path().join("bad.stderr")).unwrap();
     assert!(!bad.wait_exit(EXIT_TIMEOUT).await.unwrap().success());
     assert!(bad.stderr().contains("coordinator.toml"), "{}", bad.stderr());
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
-    )
-    .unwrap()
 }
 
 /// Once finished transactions are forgotten (beyond `--retain`), an unknown id that might be

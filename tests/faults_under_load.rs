@@ -16,15 +16,16 @@
 
 mod support;
 
+use support::now_ms;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use concord_proto::v1;
 use concord_proto::v1::coordinator_client::CoordinatorClient;
-use concord_proto::v1::operation::Kind;
 use support::{ConcordProcess, ParticipantProcess, reserve_port};
 use tonic::transport::Channel;
 
@@ -51,25 +52,12 @@ impl Rng {
     }
 }
 
-fn now_ms() -> u64 {
-    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
-}
-
 fn counter_add(key: &str, delta: i64, lower_bound: Option<i64>) -> v1::Operation {
-    v1::Operation {
-        kind: Some(Kind::CounterAdd(v1::CounterAdd {
-            key: key.as_bytes().to_vec(),
-            delta,
-            lower_bound,
-            upper_bound: None,
-        })),
-    }
+    support::counter_add(key, delta, lower_bound, None)
 }
 
 fn put(key: &str) -> v1::Operation {
-    v1::Operation {
-        kind: Some(Kind::Put(v1::Put { key: key.as_bytes().to_vec(), value: b"1".to_vec() })),
-    }
+    support::put(key, b"1")
 }
 
 /// One submitted transfer and what the client learned.

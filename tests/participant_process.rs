@@ -9,8 +9,10 @@
 
 mod support;
 
+use support::{counter_add as add, now_ms, put};
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use concord_proto::v1;
 use concord_proto::v1::check::Expect;
@@ -31,27 +33,6 @@ const DEADLINE_MS: u64 = 30_000;
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 // ───────────────────────────── helpers ─────────────────────────────
-
-fn now_ms() -> u64 {
-    u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
-}
-
-fn put(key: &str, value: &[u8]) -> v1::Operation {
-    v1::Operation {
-        kind: Some(Kind::Put(v1::Put { key: key.as_bytes().to_vec(), value: value.to_vec() })),
-    }
-}
-
-fn add(key: &str, delta: i64, lower_bound: Option<i64>, upper_bound: Option<i64>) -> v1::Operation {
-    v1::Operation {
-        kind: Some(Kind::CounterAdd(v1::CounterAdd {
-            key: key.as_bytes().to_vec(),
-            delta,
-            lower_bound,
-            upper_bound,
-        })),
-    }
-}
 
 fn check(key: &str, expect: Expect) -> v1::Operation {
     v1::Operation {

@@ -16,6 +16,8 @@
 
 mod support;
 
+use support::{branch, counter_add};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -158,27 +160,11 @@ impl Cluster {
 }
 
 fn add(key: &str, delta: i64) -> v1::Operation {
-    v1::Operation {
-        kind: Some(Kind::CounterAdd(v1::CounterAdd {
-            key: key.as_bytes().to_vec(),
-            delta,
-            lower_bound: Some(0),
-            upper_bound: None,
-        })),
-    }
+    counter_add(key, delta, Some(0), None)
 }
 
 fn put(key: &str, value: &str) -> v1::Operation {
-    v1::Operation {
-        kind: Some(Kind::Put(v1::Put {
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-        })),
-    }
-}
-
-fn branch(participant: &str, operations: Vec<v1::Operation>) -> v1::Branch {
-    v1::Branch { participant: participant.to_string(), operations, depends_on: Vec::new() }
+    support::put(key, value.as_bytes())
 }
 
 fn request(txn_id: &str, mode: v1::TxnMode, branches: Vec<v1::Branch>) -> v1::SubmitRequest {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::log::DecisionLog;
-use concord_core::coordinator::{AbortCause, BranchKind, BranchStatus, Phase, TxnMode};
+use concord_core::coordinator::{BranchKind, BranchStatus, Phase, TxnMode};
 use concord_core::limits;
 use concord_core::limits::STREAM_WINDOW;
 use concord_core::types::{InvalidInput, Outcome, TxnId, validate_operations};
@@ -103,14 +103,7 @@ impl<L: DecisionLog> CoordinatorService<L> {
         } else {
             TxnId::parse(&request.txn_id, "txn_id")?
         };
-        let mode = match v1::TxnMode::try_from(request.mode) {
-            Ok(v1::TxnMode::Unspecified | v1::TxnMode::TwoPhase) => TxnMode::TwoPhase,
-            Ok(v1::TxnMode::Saga) => TxnMode::Saga,
-            Ok(v1::TxnMode::Auto) => TxnMode::Auto,
-            Err(_) => {
-                return Err(InvalidInput::new("mode", format!("unknown mode {}", request.mode)));
-            }
-        };
+        let mode = convert::mode_from_wire(request.mode, "mode")?;
         if request.branches.is_empty() {
             return Err(InvalidInput::new("branches", "must hold at least one branch"));
         }
@@ -262,53 +255,10 @@ fn txn_state(entry: &Entry) -> v1::TxnState {
 }
 
 fn abort_to_wire(entry: &Entry) -> Option<v1::AbortCause> {
-    use v1::abort_cause::Kind;
     let (Phase::Aborted(cause) | Phase::Compensating(cause)) = entry.machine.phase() else {
         return None;
     };
-    let name = |branch: &usize| entry.participants.get(*branch).cloned().unwrap_or_default();
-    let mut wire = v1::AbortCause::default();
-    match cause {
-        AbortCause::VoteNo { branch, reason, message } => {
-            wire.kind = Kind::VoteNo.into();
-            wire.participant = name(branch);
-            wire.vote_reason = convert::no_reason_to_wire(*reason).into();
-            wire.message = message.clone();
-        }
-        AbortCause::Unreachable { branch, message } => {
-            wire.kind = Kind::ParticipantUnreachable.into();
-            wire.participant = name(branch);
-            wire.message = message.clone();
-        }
-        AbortCause::Timeout { branch } => {
-            wire.kind = Kind::ParticipantTimeout.into();
-            wire.participant = name(branch);
-            wire.message = "no answer before the deadline".into();
-        }
-        AbortCause::Deadline => {
-            wire.kind = Kind::Deadline.into();
-            wire.message = "the transaction's deadline passed before every vote arrived".into();
-        }
-        AbortCause::CoordinatorRestart => {
-            wire.kind = Kind::CoordinatorRestart.into();
-            wire.message = "the coordinator restarted before deciding (presumed abort)".into();
-        }
-        AbortCause::Fenced => {
-            wire.kind = Kind::Fenced.into();
-            wire.message = "fenced as aborted by a GetTransaction with fence_unknown".into();
-        }
-        AbortCause::ClientRollback => {
-            wire.kind = Kind::ClientRollback.into();
-            wire.message = "rolled back by the client".into();
-        }
-        AbortCause::StepFailed { branch, reason, message } => {
-            wire.kind = Kind::StepFailed.into();
-            wire.participant = name(branch);
-            wire.vote_reason = convert::no_reason_to_wire(*reason).into();
-            wire.message = message.clone();
-        }
-    }
-    Some(wire)
+    Some(convert::abort_cause_to_wire(cause, &entry.participants))
 }
 
 fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
@@ -358,12 +308,7 @@ fn info(txn: &TxnId, entry: &Entry) -> v1::TransactionInfo {
         outcome: convert::outcome_to_wire(entry.outcome()).into(),
         abort: abort_to_wire(entry),
         branches,
-        mode: match entry.machine.mode() {
-            TxnMode::TwoPhase => v1::TxnMode::TwoPhase,
-            TxnMode::Saga => v1::TxnMode::Saga,
-            TxnMode::Auto => v1::TxnMode::Auto,
-        }
-        .into(),
+        mode: convert::mode_to_wire(entry.machine.mode()).into(),
         epoch: entry.epoch.0,
         created_unix_ms: entry.created_unix_ms,
         decided_unix_ms: entry.decided_unix_ms,

@@ -113,6 +113,7 @@ fn prepare(txn_id: &str) -> v1::PrepareRequest {
     }
 }
 
+/// A participant answering UNIMPLEMENTED to batch calls gets every request as a single call.
 #[tokio::test]
 async fn a_participant_without_batches_gets_single_calls() {
     let calls = Arc::new(Calls::default());

@@ -269,6 +269,7 @@ mod armed {
 mod tests {
     use super::*;
 
+    /// Failpoint specs parse, with the default count and delay filled in.
     #[test]
     fn specs_parse_with_defaults() {
         let arms = parse_points(
@@ -286,6 +287,7 @@ mod tests {
         assert_eq!(parse_points("").unwrap(), vec![]);
     }
 
+    /// A bad failpoint spec is refused with a message naming what is wrong.
     #[test]
     fn bad_specs_name_what_is_wrong() {
         let error = parse_points("wal.before_snyc=crash").unwrap_err();
@@ -299,6 +301,7 @@ mod tests {
         assert_eq!(parse_bugs("double-apply").unwrap(), vec!["double-apply"]);
     }
 
+    /// No failpoint or planted bug is listed twice.
     #[test]
     fn every_point_and_bug_is_named_once() {
         for table in [POINTS, BUGS] {

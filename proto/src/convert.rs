@@ -2,6 +2,7 @@
 //! conversion from the wire validates and names the offending field, so servers can answer
 //! INVALID_ARGUMENT with a message a client can act on.
 
+use concord_core::coordinator::{AbortCause, TxnMode};
 use concord_core::types::{self as core, InvalidInput};
 use tonic::Status;
 
@@ -235,5 +236,92 @@ mod tests {
         let bare_no = v1::Vote { kind: v1::VoteKind::No.into(), ..v1::Vote::default() };
         assert!(vote_from_wire(Some(bare_no)).is_err());
         assert!(vote_from_wire(None).is_err());
+    }
+}
+
+/// A transaction's mode from the wire (unspecified: two-phase), naming `field` if unknown.
+pub fn mode_from_wire(mode: i32, field: &str) -> Result<TxnMode, InvalidInput> {
+    match v1::TxnMode::try_from(mode) {
+        Ok(v1::TxnMode::Unspecified | v1::TxnMode::TwoPhase) => Ok(TxnMode::TwoPhase),
+        Ok(v1::TxnMode::Saga) => Ok(TxnMode::Saga),
+        Ok(v1::TxnMode::Auto) => Ok(TxnMode::Auto),
+        Err(_) => Err(InvalidInput::new(field, format!("unknown mode {mode}"))),
+    }
+}
+
+/// A transaction's mode on the wire.
+#[must_use]
+pub fn mode_to_wire(mode: TxnMode) -> v1::TxnMode {
+    match mode {
+        TxnMode::TwoPhase => v1::TxnMode::TwoPhase,
+        TxnMode::Saga => v1::TxnMode::Saga,
+        TxnMode::Auto => v1::TxnMode::Auto,
+    }
+}
+
+/// Why a transaction aborted, on the wire: branches are named by their participant
+/// (`participants` in branch order), with a message a person can read.
+#[must_use]
+pub fn abort_cause_to_wire(cause: &AbortCause, participants: &[String]) -> v1::AbortCause {
+    use v1::abort_cause::Kind;
+    let name = |branch: &usize| participants.get(*branch).cloned().unwrap_or_default();
+    let mut wire = v1::AbortCause::default();
+    match cause {
+        AbortCause::VoteNo { branch, reason, message } => {
+            wire.kind = Kind::VoteNo.into();
+            wire.participant = name(branch);
+            wire.vote_reason = no_reason_to_wire(*reason).into();
+            wire.message.clone_from(message);
+        }
+        AbortCause::Unreachable { branch, message } => {
+            wire.kind = Kind::ParticipantUnreachable.into();
+            wire.participant = name(branch);
+            wire.message.clone_from(message);
+        }
+        AbortCause::Timeout { branch } => {
+            wire.kind = Kind::ParticipantTimeout.into();
+            wire.participant = name(branch);
+            wire.message = "no answer before the deadline".into();
+        }
+        AbortCause::Deadline => {
+            wire.kind = Kind::Deadline.into();
+            wire.message = "the transaction's deadline passed before every vote arrived".into();
+        }
+        AbortCause::CoordinatorRestart => {
+            wire.kind = Kind::CoordinatorRestart.into();
+            wire.message = "the coordinator restarted before deciding (presumed abort)".into();
+        }
+        AbortCause::Fenced => {
+            wire.kind = Kind::Fenced.into();
+            wire.message = "fenced as aborted by a GetTransaction with fence_unknown".into();
+        }
+        AbortCause::ClientRollback => {
+            wire.kind = Kind::ClientRollback.into();
+            wire.message = "rolled back by the client".into();
+        }
+        AbortCause::StepFailed { branch, reason, message } => {
+            wire.kind = Kind::StepFailed.into();
+            wire.participant = name(branch);
+            wire.vote_reason = no_reason_to_wire(*reason).into();
+            wire.message.clone_from(message);
+        }
+    }
+    wire
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+
+    /// Every mode survives the round trip; unspecified reads as two-phase; an unknown one is
+    /// refused naming the field.
+    #[test]
+    fn modes_round_trip_and_unknown_ones_name_the_field() {
+        for mode in [TxnMode::TwoPhase, TxnMode::Saga, TxnMode::Auto] {
+            assert_eq!(mode_from_wire(mode_to_wire(mode).into(), "mode").ok(), Some(mode));
+        }
+        assert_eq!(mode_from_wire(0, "mode").ok(), Some(TxnMode::TwoPhase));
+        let error = mode_from_wire(99, "mode").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("mode") && error.contains("99"), "{error}");
     }
 }

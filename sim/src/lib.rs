@@ -520,6 +520,7 @@ fn worker_of(id: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The monitor finds a transaction's worker from its workload id.
     #[test]
     fn worker_of_reads_the_workload_id() {
         assert_eq!(worker_of("s7-w3-12"), Some(3));

@@ -8,6 +8,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Every seed of the sweep keeps every invariant, and the sweep did real work under faults.
 #[test]
 fn every_seed_keeps_every_invariant() {
     let first = env_u64("CONCORD_SIM_FIRST_SEED", 1);

@@ -27,36 +27,43 @@ fn assert_caught(bug: &str, seeds: u64, check: &str) {
     );
 }
 
+/// A participant applying a commit twice is caught by the monitor.
 #[test]
 fn applying_a_commit_twice_is_caught() {
     assert_caught("double-apply", 5, "FAILED invariants held at every monitored instant");
 }
 
+/// A coordinator committing before its decision is durable is caught.
 #[test]
 fn committing_before_the_decision_is_durable_is_caught() {
     assert_caught("commit-before-decision", 40, "FAILED");
 }
 
+/// A participant voting YES before its PREPARED record is durable breaks atomicity, and is caught.
 #[test]
 fn voting_yes_before_the_prepare_is_durable_is_caught() {
     assert_caught("vote-before-durable", 40, "FAILED atomicity");
 }
 
+/// A participant ignoring a bound is caught by the monitor.
 #[test]
 fn ignoring_a_counter_bound_is_caught() {
     assert_caught("ignore-bounds", 10, "FAILED invariants held at every monitored instant");
 }
 
+/// A coordinator giving up on a Commit leaves something stuck, and is caught.
 #[test]
 fn giving_up_on_commit_delivery_is_caught() {
     assert_caught("give-up-commit", 20, "FAILED nothing stuck");
 }
 
+/// A participant dropping a write is caught by the monitor.
 #[test]
 fn losing_a_write_is_caught() {
     assert_caught("drop-last-write", 5, "FAILED invariants held at every monitored instant");
 }
 
+/// Without a planted bug the same sweep passes (the teeth are not a broken harness).
 #[test]
 fn a_clean_sweep_passes() {
     let (passed, stdout) = sweep_with("", 3);

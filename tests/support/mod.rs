@@ -603,3 +603,43 @@ impl Drop for StandInCoordinator {
         self.task.abort();
     }
 }
+
+// ───────────────────────────── Requests ─────────────────────────────
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}
+
+/// A counter add of `delta` to `key`, kept within the bounds given.
+pub fn counter_add(
+    key: &str,
+    delta: i64,
+    lower_bound: Option<i64>,
+    upper_bound: Option<i64>,
+) -> v1::Operation {
+    v1::Operation {
+        kind: Some(v1::operation::Kind::CounterAdd(v1::CounterAdd {
+            key: key.as_bytes().to_vec(),
+            delta,
+            lower_bound,
+            upper_bound,
+        })),
+    }
+}
+
+/// A put of `value` at `key`.
+pub fn put(key: &str, value: &[u8]) -> v1::Operation {
+    v1::Operation {
+        kind: Some(v1::operation::Kind::Put(v1::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.to_vec(),
+        })),
+    }
+}
+
+/// A branch at `participant` with `operations`, no saga ordering.
+pub fn branch(participant: &str, operations: Vec<v1::Operation>) -> v1::Branch {
+    v1::Branch { participant: participant.to_string(), operations, depends_on: Vec::new() }
+}
