@@ -302,7 +302,8 @@ impl<L: DecisionLog> TxnTask<L> {
         Ok(())
     }
 
-    /// Carries out one output: the one place every [`Output`] is handled.
+    /// Carries out one output: the one place every [`Output`] is handled. One piece on purpose
+    /// (it is long): a new output must be carried out here, and nowhere else.
     async fn dispatch(&mut self, output: Output) -> Result<(), CoordinatorError> {
         let coordinator = Arc::clone(&self.coordinator);
         match output {
